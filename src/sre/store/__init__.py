@@ -1,0 +1,40 @@
+"""The store: the system's truth, in SQLite (embedded) or PostgreSQL (scale) behind one interface.
+
+`Store` bundles a `Database` with the repositories; each repository method is one transaction and
+returns plain records (`sre.types.records`). The store knows nothing of models, HTTP or the engine.
+Its methods are synchronous: callers in async code run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sre.store.conversations import ConversationRepository
+from sre.store.database import Database, normalise_url
+from sre.store.keys import KeyRepository, hash_key
+from sre.store.responses import ResponseRepository, TurnCommit
+
+__all__ = ["Database", "Store", "TurnCommit", "hash_key", "normalise_url", "sqlite_url"]
+
+
+def sqlite_url(data_dir: str | Path) -> str:
+    path = Path(data_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'sre.db'}"
+
+
+class Store:
+    def __init__(self, url: str, *, migrate: bool = True, pool_size: int = 10) -> None:
+        self.db = Database(url, pool_size=pool_size)
+        if migrate:
+            self.db.upgrade()
+        self.keys = KeyRepository(self.db)
+        self.conversations = ConversationRepository(self.db)
+        self.responses = ResponseRepository(self.db)
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    def close(self) -> None:
+        self.db.dispose()

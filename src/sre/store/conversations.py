@@ -1,0 +1,402 @@
+"""Conversations and their append-only items, forks, pagination and context windows.
+
+A conversation's items are its own rows plus, for a fork, its parent's rows up to the fork point
+(recursively): the lineage. Sequence numbers continue across a fork, so one ordering covers the whole
+lineage and nothing is copied. Every read is an index range scan bounded by what the caller needs:
+a page, or the newest items that fit a token budget, never the whole history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from sre.store.database import Database
+from sre.store.schema import conversations, items
+from sre.types.errors import Conflict, InvalidRequest, NotFound
+from sre.types.ids import new_id
+from sre.types.items import ID_PREFIX, FunctionCall, FunctionCallOutput, Message, estimate_tokens, item_to_dict
+from sre.types.records import Conversation, Page, StoredItem, Window
+
+AnyItem = Message | FunctionCall | FunctionCallOutput
+_MAX_LINEAGE = 10_000
+_WINDOW_PAGE = 128
+_INF = 2**62
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def conversation_from_row(row: sa.Row[Any]) -> Conversation:
+    m = row._mapping
+    return Conversation(
+        tenant_id=m["tenant_id"],
+        id=m["id"],
+        created_at=m["created_at"],
+        metadata=json.loads(m["metadata"]),
+        hidden=bool(m["hidden"]),
+        parent_id=m["parent_id"],
+        fork_seq=m["fork_seq"],
+        last_seq=m["last_seq"],
+    )
+
+
+def item_from_row(row: sa.Row[Any]) -> StoredItem:
+    m = row._mapping
+    data = json.loads(m["data"])
+    data["id"] = m["id"]
+    return StoredItem(
+        tenant_id=m["tenant_id"],
+        conversation_id=m["conversation_id"],
+        seq=m["seq"],
+        id=m["id"],
+        type=m["type"],
+        data=data,
+        response_id=m["response_id"],
+        created_at=m["created_at"],
+        tokens=m["tokens"],
+    )
+
+
+# -- building blocks shared with the responses repository; each runs inside the caller's transaction --
+
+
+def insert_conversation(
+    conn: sa.Connection,
+    tenant_id: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    hidden: bool = False,
+    parent: Conversation | None = None,
+    fork_seq: int | None = None,
+) -> Conversation:
+    conv = Conversation(
+        tenant_id=tenant_id,
+        id=new_id("conv"),
+        created_at=int(time.time()),
+        metadata=metadata or {},
+        hidden=hidden,
+        parent_id=None if parent is None else parent.id,
+        fork_seq=fork_seq if parent is not None else None,
+        last_seq=fork_seq if (parent is not None and fork_seq is not None) else 0,
+    )
+    conn.execute(
+        conversations.insert().values(
+            tenant_id=tenant_id,
+            id=conv.id,
+            hidden=hidden,
+            metadata=dumps(conv.metadata),
+            parent_id=conv.parent_id,
+            fork_seq=conv.fork_seq,
+            last_seq=conv.last_seq,
+            created_at=conv.created_at,
+            deleted_at=None,
+        )
+    )
+    return conv
+
+
+def load_conversation(
+    conn: sa.Connection, tenant_id: str, conversation_id: str, *, for_update: bool = False, hidden_ok: bool = True
+) -> Conversation:
+    query = sa.select(conversations).where(
+        conversations.c.tenant_id == tenant_id,
+        conversations.c.id == conversation_id,
+        conversations.c.deleted_at.is_(None),
+    )
+    if for_update and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None or (not hidden_ok and row._mapping["hidden"]):
+        raise NotFound(f"Conversation with id '{conversation_id}' not found.", param="conversation_id")
+    return conversation_from_row(row)
+
+
+def append_rows(
+    conn: sa.Connection,
+    conv: Conversation,
+    new_items: Sequence[AnyItem],
+    *,
+    response_id: str | None = None,
+    origin: str = "input",
+) -> list[StoredItem]:
+    """Append items after the conversation's head; the caller holds the conversation's lock."""
+    if not new_items:
+        return []
+    now = int(time.time())
+    stored: list[StoredItem] = []
+    rows: list[dict[str, Any]] = []
+    seq = conv.last_seq
+    for item in new_items:
+        seq += 1
+        item_id = item.id or new_id(ID_PREFIX[item.type])
+        data = item_to_dict(item)
+        data["id"] = item_id
+        tokens = estimate_tokens(item)
+        rows.append(
+            {
+                "tenant_id": conv.tenant_id,
+                "conversation_id": conv.id,
+                "seq": seq,
+                "id": item_id,
+                "type": item.type,
+                "response_id": response_id,
+                "origin": origin,
+                "tokens": tokens,
+                "data": dumps(data),
+                "created_at": now,
+            }
+        )
+        stored.append(
+            StoredItem(
+                tenant_id=conv.tenant_id,
+                conversation_id=conv.id,
+                seq=seq,
+                id=item_id,
+                type=item.type,
+                data=data,
+                response_id=response_id,
+                created_at=now,
+                tokens=tokens,
+            )
+        )
+    conn.execute(items.insert(), rows)
+    conn.execute(
+        conversations.update()
+        .where(conversations.c.tenant_id == conv.tenant_id, conversations.c.id == conv.id)
+        .values(last_seq=seq)
+    )
+    return stored
+
+
+Segment = tuple[str, int, int]  # conversation id, first seq excluded, last seq included
+
+
+def lineage(conn: sa.Connection, conv: Conversation) -> list[Segment]:
+    """The conversation's segments, newest first: its own items, then each ancestor's up to its fork."""
+    segments: list[Segment] = [(conv.id, conv.fork_seq or 0, _INF)]
+    parent_id, upto = conv.parent_id, conv.fork_seq
+    while parent_id is not None and upto is not None:
+        if len(segments) > _MAX_LINEAGE:
+            raise Conflict("Conversation lineage is too deep.")
+        row = conn.execute(
+            sa.select(conversations.c.parent_id, conversations.c.fork_seq).where(
+                conversations.c.tenant_id == conv.tenant_id, conversations.c.id == parent_id
+            )
+        ).first()
+        if row is None:
+            break
+        segments.append((parent_id, row.fork_seq or 0, upto))
+        parent_id, upto = row.parent_id, row.fork_seq
+    return segments
+
+
+def scan(
+    conn: sa.Connection,
+    tenant_id: str,
+    segments: list[Segment],
+    *,
+    descending: bool,
+    limit: int,
+    bound: int | None = None,
+) -> list[StoredItem]:
+    """Up to `limit` items of the lineage in seq order, starting after (or before) seq `bound`."""
+    out: list[StoredItem] = []
+    ordered = segments if descending else list(reversed(segments))
+    for conv_id, lo, hi in ordered:
+        remaining = limit - len(out)
+        if remaining <= 0:
+            break
+        low, high = lo, hi
+        if bound is not None:
+            if descending:
+                high = min(high, bound - 1)
+            else:
+                low = max(low, bound)
+        if low >= high:
+            continue
+        query = (
+            sa.select(items)
+            .where(
+                items.c.tenant_id == tenant_id,
+                items.c.conversation_id == conv_id,
+                items.c.seq > low,
+                items.c.seq <= high,
+            )
+            .order_by(items.c.seq.desc() if descending else items.c.seq)
+            .limit(remaining)
+        )
+        out.extend(item_from_row(row) for row in conn.execute(query))
+    return out
+
+
+def find_item(conn: sa.Connection, tenant_id: str, segments: list[Segment], item_id: str) -> StoredItem | None:
+    row = conn.execute(sa.select(items).where(items.c.tenant_id == tenant_id, items.c.id == item_id)).first()
+    if row is None:
+        return None
+    found = item_from_row(row)
+    for conv_id, lo, hi in segments:
+        if found.conversation_id == conv_id and lo < found.seq <= hi:
+            return found
+    return None
+
+
+def read_window(conn: sa.Connection, conv: Conversation, budget: int, upto: int | None = None) -> Window:
+    """The newest items up to seq `upto` that fit `budget` tokens, oldest first, read newest-first."""
+    segments = lineage(conn, conv)
+    chosen: list[StoredItem] = []
+    used = 0
+    bound: int | None = None if upto is None else upto + 1
+    while True:
+        page = scan(conn, conv.tenant_id, segments, descending=True, limit=_WINDOW_PAGE, bound=bound)
+        for item in page:
+            if used + item.tokens > budget:
+                chosen.reverse()
+                return Window(items=chosen, tokens=used, truncated=True)
+            chosen.append(item)
+            used += item.tokens
+        if len(page) < _WINDOW_PAGE:
+            chosen.reverse()
+            return Window(items=chosen, tokens=used, truncated=False)
+        bound = page[-1].seq
+
+
+class ConversationRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self, tenant_id: str, *, metadata: dict[str, str] | None = None, initial: Sequence[AnyItem] = ()
+    ) -> tuple[Conversation, list[StoredItem]]:
+        with self.db.write() as conn:
+            conv = insert_conversation(conn, tenant_id, metadata=metadata)
+            stored = append_rows(conn, conv, initial)
+        if stored:
+            conv = dataclasses.replace(conv, last_seq=stored[-1].seq)
+        return conv, stored
+
+    def get(self, tenant_id: str, conversation_id: str) -> Conversation:
+        with self.db.read() as conn:
+            return load_conversation(conn, tenant_id, conversation_id, hidden_ok=False)
+
+    def update_metadata(self, tenant_id: str, conversation_id: str, metadata: dict[str, str]) -> Conversation:
+        with self.db.write() as conn:
+            conv = load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=False)
+            conn.execute(
+                conversations.update()
+                .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
+                .values(metadata=dumps(metadata))
+            )
+        return dataclasses.replace(conv, metadata=metadata)
+
+    def delete(self, tenant_id: str, conversation_id: str) -> None:
+        """Hide the conversation; drop its items unless a live fork still reads them."""
+        with self.db.write() as conn:
+            load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=False)
+            conn.execute(
+                conversations.update()
+                .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
+                .values(deleted_at=int(time.time()))
+            )
+            forks = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(conversations)
+                .where(
+                    conversations.c.tenant_id == tenant_id,
+                    conversations.c.parent_id == conversation_id,
+                    conversations.c.deleted_at.is_(None),
+                )
+            ).scalar_one()
+            if forks == 0:
+                conn.execute(
+                    items.delete().where(
+                        items.c.tenant_id == tenant_id, items.c.conversation_id == conversation_id
+                    )
+                )
+
+    def fork(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        at_item_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        hidden: bool = False,
+    ) -> Conversation:
+        """A new conversation that sees the parent's items up to `at_item_id` (default: all)."""
+        with self.db.write() as conn:
+            parent = load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=hidden)
+            fork_seq = parent.last_seq
+            if at_item_id is not None:
+                found = find_item(conn, tenant_id, lineage(conn, parent), at_item_id)
+                if found is None:
+                    raise NotFound(f"Item with id '{at_item_id}' not found.", param="item_id")
+                fork_seq = found.seq
+            return insert_conversation(
+                conn, tenant_id, metadata=metadata, hidden=hidden, parent=parent, fork_seq=fork_seq
+            )
+
+    def append(self, tenant_id: str, conversation_id: str, new_items: Sequence[AnyItem]) -> list[StoredItem]:
+        with self.db.write() as conn:
+            conv = load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=False)
+            return append_rows(conn, conv, new_items)
+
+    def list_items(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        order: str = "desc",
+    ) -> Page:
+        with self.db.read() as conn:
+            conv = load_conversation(conn, tenant_id, conversation_id, hidden_ok=False)
+            segments = lineage(conn, conv)
+            bound = None
+            if after is not None:
+                found = find_item(conn, tenant_id, segments, after)
+                if found is None:
+                    raise InvalidRequest(f"No item with id '{after}' in this conversation.", param="after")
+                bound = found.seq
+            rows = scan(conn, tenant_id, segments, descending=order == "desc", limit=limit + 1, bound=bound)
+        return Page(data=rows[:limit], has_more=len(rows) > limit)
+
+    def get_item(self, tenant_id: str, conversation_id: str, item_id: str) -> StoredItem:
+        with self.db.read() as conn:
+            conv = load_conversation(conn, tenant_id, conversation_id, hidden_ok=False)
+            found = find_item(conn, tenant_id, lineage(conn, conv), item_id)
+        if found is None:
+            raise NotFound(f"Item with id '{item_id}' not found.", param="item_id")
+        return found
+
+    def delete_item(self, tenant_id: str, conversation_id: str, item_id: str) -> Conversation:
+        with self.db.write() as conn:
+            conv = load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=False)
+            found = find_item(conn, tenant_id, lineage(conn, conv), item_id)
+            if found is None:
+                raise NotFound(f"Item with id '{item_id}' not found.", param="item_id")
+            if found.conversation_id != conv.id:
+                raise Conflict(
+                    f"Item '{item_id}' belongs to the conversation this one was forked from; delete it there.",
+                    param="item_id",
+                )
+            conn.execute(
+                items.delete().where(
+                    items.c.tenant_id == tenant_id,
+                    items.c.conversation_id == conv.id,
+                    items.c.seq == found.seq,
+                )
+            )
+        return conv
+
+    def window(self, tenant_id: str, conversation_id: str, budget: int, upto: int | None = None) -> Window:
+        with self.db.read() as conn:
+            conv = load_conversation(conn, tenant_id, conversation_id)
+            return read_window(conn, conv, budget, upto)

@@ -1,0 +1,262 @@
+"""Responses, their items and model call records, and the one transaction that commits a turn.
+
+A turn's input and output items, its response row and its model call record are written together
+or not at all. A response without a named conversation lives in a hidden conversation: a chain of
+`previous_response_id`s appends to it while it continues from the head, and forks it (by reference)
+when a client branches from an older response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from sre.store.conversations import (
+    AnyItem,
+    append_rows,
+    dumps,
+    insert_conversation,
+    item_from_row,
+    load_conversation,
+    read_window,
+)
+from sre.store.database import Database
+from sre.store.schema import items, model_calls, responses
+from sre.types.errors import InvalidRequest, NotFound
+from sre.types.records import Conversation, ModelCallRecord, Page, ResponseRecord, StoredItem, Window
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCommit:
+    tenant_id: str
+    principal_id: str
+    response_id: str
+    model: str
+    status: str
+    body: dict[str, Any]
+    created_at: int
+    completed_at: int | None
+    conversation_id: str | None  # the conversation the caller named
+    previous: ResponseRecord | None  # the response the caller continues from
+    input_items: Sequence[AnyItem]
+    output_items: Sequence[AnyItem]
+    store: bool
+    keep_items: bool  # False for a failed turn: the conversation stays as it was
+    model_call: ModelCallRecord | None
+
+
+def response_from_row(row: sa.Row[Any]) -> ResponseRecord:
+    m = row._mapping
+    return ResponseRecord(
+        tenant_id=m["tenant_id"],
+        id=m["id"],
+        principal_id=m["principal_id"],
+        conversation_id=m["conversation_id"],
+        public_conversation_id=m["public_conversation_id"],
+        previous_response_id=m["previous_response_id"],
+        status=m["status"],
+        model=m["model"],
+        head_seq=m["head_seq"],
+        created_at=m["created_at"],
+        completed_at=m["completed_at"],
+        body=json.loads(m["body"]),
+    )
+
+
+def _insert_model_call(conn: sa.Connection, call: ModelCallRecord) -> None:
+    conn.execute(
+        model_calls.insert().values(
+            tenant_id=call.tenant_id,
+            id=call.id,
+            response_id=call.response_id,
+            principal_id=call.principal_id,
+            model=call.model,
+            provider=call.provider,
+            status=call.status,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            latency_ms=call.latency_ms,
+            manifest=dumps(call.manifest),
+            error=call.error,
+            created_at=call.created_at,
+        )
+    )
+
+
+class ResponseRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, tenant_id: str, response_id: str, *, param: str = "response_id") -> ResponseRecord:
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(responses).where(responses.c.tenant_id == tenant_id, responses.c.id == response_id)
+            ).first()
+        if row is None:
+            raise NotFound(f"Response with id '{response_id}' not found.", param=param)
+        return response_from_row(row)
+
+    def context(self, tenant_id: str, conversation_id: str | None, previous: ResponseRecord | None,
+                budget: int) -> Window:
+        """The window a new turn starts from: a conversation's newest items, or a chain's at its head."""
+        with self.db.read() as conn:
+            if conversation_id is not None:
+                conv = load_conversation(conn, tenant_id, conversation_id, hidden_ok=False)
+                return read_window(conn, conv, budget)
+            if previous is not None:
+                conv = load_conversation(conn, tenant_id, previous.conversation_id)
+                return read_window(conn, conv, budget, upto=previous.head_seq)
+        return Window(items=[], tokens=0, truncated=False)
+
+    def commit_turn(self, turn: TurnCommit) -> tuple[ResponseRecord | None, list[StoredItem], list[StoredItem]]:
+        """Write a finished turn in one transaction; return the response and its stored items."""
+        with self.db.write() as conn:
+            if turn.model_call is not None:
+                _insert_model_call(conn, turn.model_call)
+            if not turn.store and turn.conversation_id is None:
+                return None, [], []
+            conv = self._target(conn, turn)
+            stored_in: list[StoredItem] = []
+            stored_out: list[StoredItem] = []
+            if turn.keep_items:
+                stored_in = append_rows(conn, conv, turn.input_items, response_id=turn.response_id)
+                stored_out = append_rows(
+                    conn,
+                    dataclasses.replace(conv, last_seq=conv.last_seq + len(stored_in)),
+                    turn.output_items,
+                    response_id=turn.response_id,
+                    origin="output",
+                )
+            head = (stored_out or stored_in)[-1].seq if (stored_out or stored_in) else self._base_head(turn, conv)
+            if not turn.store:
+                return None, stored_in, stored_out
+            record = ResponseRecord(
+                tenant_id=turn.tenant_id,
+                id=turn.response_id,
+                principal_id=turn.principal_id,
+                conversation_id=conv.id,
+                public_conversation_id=turn.conversation_id,
+                previous_response_id=None if turn.previous is None else turn.previous.id,
+                status=turn.status,
+                model=turn.model,
+                head_seq=head,
+                created_at=turn.created_at,
+                completed_at=turn.completed_at,
+                body=turn.body,
+            )
+            conn.execute(
+                responses.insert().values(
+                    tenant_id=record.tenant_id,
+                    id=record.id,
+                    principal_id=record.principal_id,
+                    conversation_id=record.conversation_id,
+                    public_conversation_id=record.public_conversation_id,
+                    previous_response_id=record.previous_response_id,
+                    status=record.status,
+                    model=record.model,
+                    head_seq=record.head_seq,
+                    body=dumps(record.body),
+                    created_at=record.created_at,
+                    completed_at=record.completed_at,
+                )
+            )
+            return record, stored_in, stored_out
+
+    @staticmethod
+    def _base_head(turn: TurnCommit, conv: Conversation) -> int:
+        if turn.previous is not None and turn.conversation_id is None:
+            return turn.previous.head_seq
+        return conv.last_seq
+
+    @staticmethod
+    def _target(conn: sa.Connection, turn: TurnCommit) -> Conversation:
+        """The conversation this turn appends to, locked; a branch of a chain becomes a fork."""
+        if turn.conversation_id is not None:
+            return load_conversation(conn, turn.tenant_id, turn.conversation_id, for_update=True, hidden_ok=False)
+        previous = turn.previous
+        if previous is None:
+            return insert_conversation(conn, turn.tenant_id, hidden=True)
+        base = load_conversation(conn, turn.tenant_id, previous.conversation_id, for_update=True)
+        if base.hidden and base.last_seq == previous.head_seq:
+            return base
+        if not turn.keep_items:
+            return base
+        return insert_conversation(conn, turn.tenant_id, hidden=True, parent=base, fork_seq=previous.head_seq)
+
+    def output_items(self, record: ResponseRecord) -> list[StoredItem]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(items)
+                .where(
+                    items.c.tenant_id == record.tenant_id,
+                    items.c.response_id == record.id,
+                    items.c.origin == "output",
+                )
+                .order_by(items.c.seq)
+            )
+            return [item_from_row(row) for row in rows]
+
+    def list_input_items(
+        self, tenant_id: str, response_id: str, *, after: str | None = None, limit: int = 20, order: str = "desc"
+    ) -> Page:
+        descending = order == "desc"
+        with self.db.read() as conn:
+            exists = conn.execute(
+                sa.select(responses.c.id).where(responses.c.tenant_id == tenant_id, responses.c.id == response_id)
+            ).first()
+            if exists is None:
+                raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+            query = sa.select(items).where(
+                items.c.tenant_id == tenant_id, items.c.response_id == response_id, items.c.origin == "input"
+            )
+            if after is not None:
+                seq = conn.execute(
+                    sa.select(items.c.seq).where(
+                        items.c.tenant_id == tenant_id, items.c.response_id == response_id, items.c.id == after
+                    )
+                ).scalar()
+                if seq is None:
+                    raise InvalidRequest(f"No input item with id '{after}' in this response.", param="after")
+                query = query.where(items.c.seq < seq if descending else items.c.seq > seq)
+            query = query.order_by(items.c.seq.desc() if descending else items.c.seq).limit(limit + 1)
+            rows = [item_from_row(row) for row in conn.execute(query)]
+        return Page(data=rows[:limit], has_more=len(rows) > limit)
+
+    def delete(self, tenant_id: str, response_id: str) -> None:
+        with self.db.write() as conn:
+            deleted = conn.execute(
+                responses.delete().where(responses.c.tenant_id == tenant_id, responses.c.id == response_id)
+            ).rowcount
+        if not deleted:
+            raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+
+    def model_calls(self, tenant_id: str, response_id: str) -> list[ModelCallRecord]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(model_calls)
+                .where(model_calls.c.tenant_id == tenant_id, model_calls.c.response_id == response_id)
+                .order_by(model_calls.c.id)
+            )
+            return [
+                ModelCallRecord(
+                    tenant_id=r.tenant_id,
+                    id=r.id,
+                    response_id=r.response_id,
+                    principal_id=r.principal_id,
+                    model=r.model,
+                    provider=r.provider,
+                    status=r.status,
+                    input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens,
+                    latency_ms=r.latency_ms,
+                    manifest=json.loads(r.manifest),
+                    error=r.error,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            ]

@@ -1,0 +1,121 @@
+"""The relational schema, as SQLAlchemy Core tables shared by SQLite and PostgreSQL.
+
+Every table carries `tenant_id` first in its primary key, so no query can forget it and a later
+partitioning by tenant stays possible. Conversation items are append-only: a fork points at its
+parent and fork point instead of copying. The Alembic migrations in `migrations/versions` create
+exactly these tables; a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+principals = sa.Table(
+    "principals",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("tenant_id", "name", name="uq_principals_name"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("principal_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("prefix", sa.String(32), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+)
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("hidden", sa.Boolean, nullable=False),
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.Column("parent_id", sa.String(64), nullable=True),
+    sa.Column("fork_seq", sa.BigInteger, nullable=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("deleted_at", sa.BigInteger, nullable=True),
+)
+sa.Index("ix_conversations_parent", conversations.c.tenant_id, conversations.c.parent_id)
+sa.Index(
+    "ix_conversations_visible",
+    conversations.c.tenant_id,
+    conversations.c.hidden,
+    conversations.c.id,
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("conversation_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("response_id", sa.String(64), nullable=True),
+    sa.Column("origin", sa.String(8), nullable=False),  # "input" or "output" of its response
+    sa.Column("tokens", sa.Integer, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+sa.Index("ux_items_id", items.c.tenant_id, items.c.id, unique=True)
+sa.Index("ix_items_response", items.c.tenant_id, items.c.response_id, items.c.seq)
+
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("principal_id", sa.String(64), nullable=False),
+    sa.Column("conversation_id", sa.String(64), nullable=False),
+    sa.Column("public_conversation_id", sa.String(64), nullable=True),
+    sa.Column("previous_response_id", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("head_seq", sa.BigInteger, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("completed_at", sa.BigInteger, nullable=True),
+)
+
+model_calls = sa.Table(
+    "model_calls",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("response_id", sa.String(64), nullable=True),
+    sa.Column("principal_id", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("input_tokens", sa.Integer, nullable=False),
+    sa.Column("output_tokens", sa.Integer, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+sa.Index("ix_model_calls_response", model_calls.c.tenant_id, model_calls.c.response_id)
+
+ALL_TABLES = (tenants, principals, api_keys, conversations, items, responses, model_calls)

@@ -1,0 +1,67 @@
+"""Domain types and errors shared by every layer; imports nothing else from SRE."""
+
+from sre.types.errors import (
+    Conflict,
+    ConfigError,
+    InvalidRequest,
+    ModelError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    SREError,
+    Unauthenticated,
+    Unprocessable,
+)
+from sre.types.ids import new_id
+from sre.types.items import (
+    FunctionCall,
+    FunctionCallOutput,
+    InputText,
+    Item,
+    Message,
+    OutputText,
+    parse_input_items,
+)
+from sre.types.records import (
+    ApiKey,
+    Caller,
+    Conversation,
+    ModelCallRecord,
+    Page,
+    Principal,
+    ResponseRecord,
+    StoredItem,
+    Window,
+)
+
+__all__ = [
+    "ApiKey",
+    "Caller",
+    "ConfigError",
+    "Conflict",
+    "Conversation",
+    "FunctionCall",
+    "FunctionCallOutput",
+    "InputText",
+    "InvalidRequest",
+    "Item",
+    "Message",
+    "ModelCallRecord",
+    "ModelError",
+    "NotFound",
+    "OutputText",
+    "Page",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "Principal",
+    "RateLimited",
+    "ResponseRecord",
+    "SREError",
+    "StoredItem",
+    "Unauthenticated",
+    "Unprocessable",
+    "Window",
+    "new_id",
+    "parse_input_items",
+]

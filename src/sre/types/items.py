@@ -1,0 +1,198 @@
+"""Conversation items: the one internal language of SRE, in OpenAI Responses item shapes.
+
+Everything that enters a conversation is one of these tagged models, validated once at the edge
+(`parse_input_items`), stored as its JSON and handed to providers, which translate to their wire
+formats. Each stored item has an id and a status. This module knows nothing of storage or HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from sre.types.errors import InvalidRequest
+
+ITEM_SCHEMA_VERSION = 1
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class InputText(_Part):
+    type: Literal["input_text"] = "input_text"
+    text: str
+
+
+class OutputText(_Part):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class InputImage(_Part):
+    type: Literal["input_image"] = "input_image"
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["low", "high", "auto"] = "auto"
+
+
+class Refusal(_Part):
+    type: Literal["refusal"] = "refusal"
+    refusal: str
+
+
+ContentPart = Annotated[InputText | OutputText | InputImage | Refusal, Field(discriminator="type")]
+Role = Literal["user", "assistant", "system", "developer"]
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = None
+
+
+class Message(_Item):
+    type: Literal["message"] = "message"
+    role: Role
+    content: list[ContentPart]
+    status: ItemStatus = "completed"
+
+    def text(self) -> str:
+        out: list[str] = []
+        for part in self.content:
+            if isinstance(part, InputText | OutputText):
+                out.append(part.text)
+            elif isinstance(part, Refusal):
+                out.append(part.refusal)
+        return "".join(out)
+
+
+class FunctionCall(_Item):
+    type: Literal["function_call"] = "function_call"
+    call_id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str
+    status: ItemStatus = "completed"
+
+
+class FunctionCallOutput(_Item):
+    type: Literal["function_call_output"] = "function_call_output"
+    call_id: str = Field(min_length=1, max_length=256)
+    output: str | list[ContentPart]
+    status: ItemStatus = "completed"
+
+    def output_text(self) -> str:
+        if isinstance(self.output, str):
+            return self.output
+        return "".join(p.text for p in self.output if isinstance(p, InputText | OutputText))
+
+
+Item = Annotated[Message | FunctionCall | FunctionCallOutput, Field(discriminator="type")]
+ITEM_ADAPTER: TypeAdapter[Message | FunctionCall | FunctionCallOutput] = TypeAdapter(Item)
+ITEM_TYPES = ("message", "function_call", "function_call_output")
+ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+
+
+def _normalise(raw: object, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"Invalid type for '{where}': expected an object.", param=where)
+    item = dict(raw)
+    item.pop("id", None)  # ids are SRE's to assign; a client's ids would collide
+    kind = item.get("type")
+    if kind is None and "role" in item:
+        item["type"] = kind = "message"
+    if kind is None:
+        raise InvalidRequest(f"Missing required parameter: '{where}.type'.", param=f"{where}.type")
+    if not isinstance(kind, str) or kind not in ITEM_TYPES:
+        raise InvalidRequest(
+            f"Invalid value for '{where}.type': {kind!r}. Supported values are: "
+            + ", ".join(repr(t) for t in ITEM_TYPES)
+            + ".",
+            param=f"{where}.type",
+            code="invalid_value",
+        )
+    if kind == "message" and isinstance(item.get("content"), str):
+        role = item.get("role")
+        part = "output_text" if role == "assistant" else "input_text"
+        item["content"] = [{"type": part, "text": item["content"]}]
+    return item
+
+
+def _where(prefix: str, loc: tuple[int | str, ...]) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"message", "function_call", "function_call_output"} or part.startswith(
+            ("function-", "list[", "str")
+        ):
+            continue  # the union's branch name, not a field
+        else:
+            out += f".{part}"
+    return out
+
+
+def parse_item(raw: object, where: str) -> Message | FunctionCall | FunctionCallOutput:
+    """Validate one item from a request; raise `InvalidRequest` naming the offending field."""
+    item = _normalise(raw, where)
+    try:
+        return ITEM_ADAPTER.validate_python(item)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _where(where, tuple(err["loc"]))
+        raise InvalidRequest(f"Invalid value for '{field}': {err['msg']}.", param=field) from None
+
+
+def parse_input_items(raw: object, where: str = "input") -> list[Message | FunctionCall | FunctionCallOutput]:
+    """Turn a request's `input` (a string or a list of items) into validated items."""
+    if isinstance(raw, str):
+        return [Message(role="user", content=[InputText(text=raw)])]
+    if not isinstance(raw, list):
+        raise InvalidRequest(f"Invalid type for '{where}': expected a string or an array.", param=where)
+    return [parse_item(entry, f"{where}[{i}]") for i, entry in enumerate(raw)]
+
+
+def item_to_dict(item: Message | FunctionCall | FunctionCallOutput) -> dict[str, Any]:
+    return item.model_dump(mode="json", exclude_none=True)
+
+
+def item_from_dict(data: dict[str, Any]) -> Message | FunctionCall | FunctionCallOutput:
+    return ITEM_ADAPTER.validate_python(data)
+
+
+def estimate_tokens(item: Message | FunctionCall | FunctionCallOutput) -> int:
+    """A cheap, deterministic token estimate (4 characters a token, plus framing).
+
+    Exact counts per tokenizer arrive with the model gateway; this one only sizes context windows.
+    """
+    if isinstance(item, Message):
+        chars = len(item.text())
+    elif isinstance(item, FunctionCall):
+        chars = len(item.name) + len(item.arguments)
+    else:
+        chars = len(item.output_text())
+    return 4 + (chars + 3) // 4
+
+
+MAX_METADATA_PAIRS = 16
+
+
+def validate_metadata(raw: object, param: str = "metadata") -> dict[str, str]:
+    """OpenAI's metadata rules: at most 16 pairs, keys up to 64 characters, string values up to 512."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"Invalid type for '{param}': expected an object.", param=param)
+    if len(raw) > MAX_METADATA_PAIRS:
+        raise InvalidRequest(f"'{param}' may hold at most {MAX_METADATA_PAIRS} pairs.", param=param)
+    for key, value in raw.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 64:
+            raise InvalidRequest(f"Keys of '{param}' must be 1 to 64 characters.", param=param)
+        if not isinstance(value, str) or len(value) > 512:
+            raise InvalidRequest(
+                f"Invalid value for '{param}.{key}': expected a string of at most 512 characters.",
+                param=f"{param}.{key}",
+            )
+    return dict(raw)

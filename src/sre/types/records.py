@@ -1,0 +1,111 @@
+"""Records: the plain, immutable shapes that the store hands to the layers above.
+
+They carry ids and values only; no behaviour, no database handles. Every record names its tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant_id: str
+    id: str
+    name: str
+    kind: str  # "user", "service" or "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    tenant_id: str
+    id: str
+    principal_id: str
+    name: str
+    prefix: str  # the first characters of the secret, to recognise a key in lists
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: resolved once per request from the API key (or the local no-auth mode)."""
+
+    tenant_id: str
+    principal_id: str
+    key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    tenant_id: str
+    id: str
+    created_at: int
+    metadata: dict[str, str]
+    hidden: bool  # a response chain's private thread, never listed under /v1/conversations
+    parent_id: str | None
+    fork_seq: int | None  # the parent's last item seen by this fork
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    tenant_id: str
+    conversation_id: str
+    seq: int
+    id: str
+    type: str
+    data: dict[str, Any]  # the item in Responses shape, id included
+    response_id: str | None
+    created_at: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    tenant_id: str
+    id: str
+    principal_id: str
+    conversation_id: str  # where its items live (a visible conversation or a hidden chain)
+    public_conversation_id: str | None  # the conversation the caller named, if any
+    previous_response_id: str | None
+    status: str
+    model: str
+    head_seq: int  # the seq of its last item: where a chain continues from
+    created_at: int
+    completed_at: int | None
+    body: dict[str, Any]  # everything else of the response object (params, usage, error, metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCallRecord:
+    tenant_id: str
+    id: str
+    response_id: str | None
+    principal_id: str
+    model: str
+    provider: str
+    status: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    manifest: dict[str, Any]
+    error: str | None = None
+    created_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The newest items of a conversation that fit a token budget, oldest first."""
+
+    items: list[StoredItem]
+    tokens: int
+    truncated: bool  # older items exist that did not fit
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    data: list[Any]
+    has_more: bool
+    extra: dict[str, Any] = field(default_factory=dict)
