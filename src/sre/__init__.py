@@ -1,1 +1,41 @@
-"""SRE."""
+"""SRE, the Stateful Runtime Environment: stateful, governed agents over stateless model APIs.
+
+What users import lives here; everything else is private to its layer.
+"""
+
+from sre.models import ChatModel, ModelRegistry, ModelRequest
+from sre.runtime import Runtime, Settings, SyncRuntime
+from sre.types import (
+    Caller,
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    ModelError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    SREError,
+    Unauthenticated,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Caller",
+    "ChatModel",
+    "ConfigError",
+    "Conflict",
+    "InvalidRequest",
+    "ModelError",
+    "ModelRegistry",
+    "ModelRequest",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "Runtime",
+    "SREError",
+    "Settings",
+    "SyncRuntime",
+    "Unauthenticated",
+    "__version__",
+]

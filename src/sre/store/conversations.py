@@ -20,7 +20,14 @@ from sre.store.database import Database
 from sre.store.schema import conversations, items
 from sre.types.errors import Conflict, InvalidRequest, NotFound
 from sre.types.ids import new_id
-from sre.types.items import ID_PREFIX, FunctionCall, FunctionCallOutput, Message, estimate_tokens, item_to_dict
+from sre.types.items import (
+    ID_PREFIX,
+    FunctionCall,
+    FunctionCallOutput,
+    Message,
+    estimate_tokens,
+    item_to_dict,
+)
 from sre.types.records import Conversation, Page, StoredItem, Window
 
 AnyItem = Message | FunctionCall | FunctionCallOutput
@@ -103,7 +110,12 @@ def insert_conversation(
 
 
 def load_conversation(
-    conn: sa.Connection, tenant_id: str, conversation_id: str, *, for_update: bool = False, hidden_ok: bool = True
+    conn: sa.Connection,
+    tenant_id: str,
+    conversation_id: str,
+    *,
+    for_update: bool = False,
+    hidden_ok: bool = True,
 ) -> Conversation:
     query = sa.select(conversations).where(
         conversations.c.tenant_id == tenant_id,
@@ -236,7 +248,9 @@ def scan(
     return out
 
 
-def find_item(conn: sa.Connection, tenant_id: str, segments: list[Segment], item_id: str) -> StoredItem | None:
+def find_item(
+    conn: sa.Connection, tenant_id: str, segments: list[Segment], item_id: str
+) -> StoredItem | None:
     row = conn.execute(sa.select(items).where(items.c.tenant_id == tenant_id, items.c.id == item_id)).first()
     if row is None:
         return None

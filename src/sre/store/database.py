@@ -31,7 +31,9 @@ def normalise_url(url: str) -> str:
             return "postgresql+psycopg://" + url[len(prefix) :]
     if url.startswith(("postgresql+psycopg://", "sqlite://", "sqlite+pysqlite://")):
         return url
-    raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}: use postgresql:// or sqlite://")
+    raise ConfigError(
+        f"unsupported database URL scheme in {url.split(':', 1)[0]!r}: use postgresql:// or sqlite://"
+    )
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> sa.Engine:

@@ -101,8 +101,9 @@ class ResponseRepository:
             raise NotFound(f"Response with id '{response_id}' not found.", param=param)
         return response_from_row(row)
 
-    def context(self, tenant_id: str, conversation_id: str | None, previous: ResponseRecord | None,
-                budget: int) -> Window:
+    def context(
+        self, tenant_id: str, conversation_id: str | None, previous: ResponseRecord | None, budget: int
+    ) -> Window:
         """The window a new turn starts from: a conversation's newest items, or a chain's at its head."""
         with self.db.read() as conn:
             if conversation_id is not None:
@@ -113,7 +114,9 @@ class ResponseRepository:
                 return read_window(conn, conv, budget, upto=previous.head_seq)
         return Window(items=[], tokens=0, truncated=False)
 
-    def commit_turn(self, turn: TurnCommit) -> tuple[ResponseRecord | None, list[StoredItem], list[StoredItem]]:
+    def commit_turn(
+        self, turn: TurnCommit
+    ) -> tuple[ResponseRecord | None, list[StoredItem], list[StoredItem]]:
         """Write a finished turn in one transaction; return the response and its stored items."""
         with self.db.write() as conn:
             if turn.model_call is not None:
@@ -132,7 +135,11 @@ class ResponseRepository:
                     response_id=turn.response_id,
                     origin="output",
                 )
-            head = (stored_out or stored_in)[-1].seq if (stored_out or stored_in) else self._base_head(turn, conv)
+            head = (
+                (stored_out or stored_in)[-1].seq
+                if (stored_out or stored_in)
+                else self._base_head(turn, conv)
+            )
             if not turn.store:
                 return None, stored_in, stored_out
             record = ResponseRecord(
@@ -177,7 +184,9 @@ class ResponseRepository:
     def _target(conn: sa.Connection, turn: TurnCommit) -> Conversation:
         """The conversation this turn appends to, locked; a branch of a chain becomes a fork."""
         if turn.conversation_id is not None:
-            return load_conversation(conn, turn.tenant_id, turn.conversation_id, for_update=True, hidden_ok=False)
+            return load_conversation(
+                conn, turn.tenant_id, turn.conversation_id, for_update=True, hidden_ok=False
+            )
         previous = turn.previous
         if previous is None:
             return insert_conversation(conn, turn.tenant_id, hidden=True)
@@ -202,12 +211,20 @@ class ResponseRepository:
             return [item_from_row(row) for row in rows]
 
     def list_input_items(
-        self, tenant_id: str, response_id: str, *, after: str | None = None, limit: int = 20, order: str = "desc"
+        self,
+        tenant_id: str,
+        response_id: str,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        order: str = "desc",
     ) -> Page:
         descending = order == "desc"
         with self.db.read() as conn:
             exists = conn.execute(
-                sa.select(responses.c.id).where(responses.c.tenant_id == tenant_id, responses.c.id == response_id)
+                sa.select(responses.c.id).where(
+                    responses.c.tenant_id == tenant_id, responses.c.id == response_id
+                )
             ).first()
             if exists is None:
                 raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
@@ -217,7 +234,9 @@ class ResponseRepository:
             if after is not None:
                 seq = conn.execute(
                     sa.select(items.c.seq).where(
-                        items.c.tenant_id == tenant_id, items.c.response_id == response_id, items.c.id == after
+                        items.c.tenant_id == tenant_id,
+                        items.c.response_id == response_id,
+                        items.c.id == after,
                     )
                 ).scalar()
                 if seq is None:

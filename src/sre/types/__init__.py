@@ -1,8 +1,8 @@
 """Domain types and errors shared by every layer; imports nothing else from SRE."""
 
 from sre.types.errors import (
-    Conflict,
     ConfigError,
+    Conflict,
     InvalidRequest,
     ModelError,
     NotFound,

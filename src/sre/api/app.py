@@ -1,0 +1,155 @@
+"""The HTTP API: OpenAI-compatible Responses and Conversations routes over `Runtime`.
+
+Routes parse input (pydantic models shared with the Python API), resolve the caller from the
+bearer key, call one `Runtime` method and shape the result. Nothing else happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from sre.api import errors
+from sre.api.limits import BodyLimit
+from sre.runtime import Runtime
+from sre.types.errors import Unauthenticated
+from sre.types.records import Caller
+from sre.types.requests import CreateConversation, CreateItems, CreateResponse, UpdateConversation
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+Order = Annotated[str, Query(pattern="^(asc|desc)$")]
+After = Annotated[str | None, Query(max_length=64)]
+
+
+class ForkConversation(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    item_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+async def _sse_stream(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield _sse(event)
+
+
+def create_app(runtime: Runtime, *, auth: bool = True) -> FastAPI:
+    app = FastAPI(
+        title="SRE — Stateful Runtime Environment",
+        version="0.1.0",
+        description="OpenAI-compatible Responses and Conversations API with durable state.",
+    )
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
+    local: list[Caller] = []
+
+    async def caller(request: Request) -> Caller:
+        if not auth:
+            if not local:
+                local.append(runtime.local_caller())
+            return local[0]
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated(
+                "You didn't provide an API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
+        return await runtime.authenticate(secret.strip())
+
+    Who = Annotated[Caller, Depends(caller)]
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        try:
+            await asyncio.to_thread(runtime.store.db.current_revision)
+        except Exception:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models(who: Who) -> dict[str, Any]:
+        return runtime.list_models()
+
+    # -- responses ----------------------------------------------------------------------------
+
+    @app.post("/v1/responses", tags=["responses"], response_model=None)
+    async def create_response(body: CreateResponse, who: Who) -> JSONResponse | StreamingResponse:
+        if body.stream:
+            events = await runtime.stream_response(who, body)
+            return StreamingResponse(
+                _sse_stream(events),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return JSONResponse(await runtime.create_response(who, body))
+
+    @app.get("/v1/responses/{response_id}", tags=["responses"])
+    async def get_response(response_id: str, who: Who) -> dict[str, Any]:
+        return await runtime.get_response(who, response_id)
+
+    @app.delete("/v1/responses/{response_id}", tags=["responses"])
+    async def delete_response(response_id: str, who: Who) -> dict[str, Any]:
+        return await runtime.delete_response(who, response_id)
+
+    @app.get("/v1/responses/{response_id}/input_items", tags=["responses"])
+    async def list_input_items(
+        response_id: str, who: Who, after: After = None, limit: Limit = 20, order: Order = "desc"
+    ) -> dict[str, Any]:
+        return await runtime.list_input_items(who, response_id, after=after, limit=limit, order=order)
+
+    # -- conversations ------------------------------------------------------------------------
+
+    @app.post("/v1/conversations", tags=["conversations"])
+    async def create_conversation(who: Who, body: CreateConversation | None = None) -> dict[str, Any]:
+        return await runtime.create_conversation(who, body or CreateConversation())
+
+    @app.get("/v1/conversations/{conversation_id}", tags=["conversations"])
+    async def get_conversation(conversation_id: str, who: Who) -> dict[str, Any]:
+        return await runtime.get_conversation(who, conversation_id)
+
+    @app.post("/v1/conversations/{conversation_id}", tags=["conversations"])
+    async def update_conversation(conversation_id: str, body: UpdateConversation, who: Who) -> dict[str, Any]:
+        return await runtime.update_conversation(who, conversation_id, body)
+
+    @app.delete("/v1/conversations/{conversation_id}", tags=["conversations"])
+    async def delete_conversation(conversation_id: str, who: Who) -> dict[str, Any]:
+        return await runtime.delete_conversation(who, conversation_id)
+
+    @app.post("/v1/conversations/{conversation_id}/fork", tags=["conversations"])
+    async def fork_conversation(
+        conversation_id: str, who: Who, body: ForkConversation | None = None
+    ) -> dict[str, Any]:
+        at = body.item_id if body is not None else None
+        return await runtime.fork_conversation(who, conversation_id, at_item_id=at)
+
+    @app.post("/v1/conversations/{conversation_id}/items", tags=["conversations"])
+    async def create_items(conversation_id: str, body: CreateItems, who: Who) -> dict[str, Any]:
+        return await runtime.create_items(who, conversation_id, body)
+
+    @app.get("/v1/conversations/{conversation_id}/items", tags=["conversations"])
+    async def list_items(
+        conversation_id: str, who: Who, after: After = None, limit: Limit = 20, order: Order = "desc"
+    ) -> dict[str, Any]:
+        return await runtime.list_items(who, conversation_id, after=after, limit=limit, order=order)
+
+    @app.get("/v1/conversations/{conversation_id}/items/{item_id}", tags=["conversations"])
+    async def get_item(conversation_id: str, item_id: str, who: Who) -> dict[str, Any]:
+        return await runtime.get_item(who, conversation_id, item_id)
+
+    @app.delete("/v1/conversations/{conversation_id}/items/{item_id}", tags=["conversations"])
+    async def delete_item(conversation_id: str, item_id: str, who: Who) -> dict[str, Any]:
+        return await runtime.delete_item(who, conversation_id, item_id)
+
+    return app

@@ -1,0 +1,19 @@
+"""The `sre` command line: serve, chat, keys and db, as thin commands over `Runtime`.
+
+Every command parses its flags, calls the runtime (or, for `chat`, the HTTP API), and prints; an
+error is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sre.cli.commands import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    from sre.cli.commands import run
+
+    sys.exit(run())

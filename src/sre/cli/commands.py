@@ -1,0 +1,246 @@
+"""The commands of `sre`. See `sre --help`, and docs/cli.md, which is generated from it."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sre.cli.chat import ChatError, chat_loop
+from sre.types.errors import SREError
+
+app = typer.Typer(
+    help="SRE, the Stateful Runtime Environment: stateful, governed agents over stateless model APIs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True, rich_markup_mode=None)
+db_app = typer.Typer(help="Manage the store's schema.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where the embedded store lives [env SRE_DATA_DIR; default ./.sre]."),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", help="postgresql://… to use PostgreSQL instead of SQLite [env SRE_DATABASE_URL]."
+    ),
+]
+ConfigPath = Annotated[
+    Path | None, typer.Option("--config", help="TOML file with models and server settings [env SRE_CONFIG].")
+]
+
+
+class CLIError(Exception):
+    """An error to print as one line."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _open(data_dir: Path | None, database_url: str | None, config: Path | None):  # type: ignore[no-untyped-def]
+    from sre.runtime import Runtime
+
+    return Runtime.open(data_dir=data_dir, database_url=database_url, config=config)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigPath = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="Accept requests without a key, as the local user (loopback only)."),
+    ] = False,
+) -> None:
+    """Start the HTTP API (OpenAI-compatible Responses and Conversations)."""
+    import uvicorn
+
+    from sre.api import create_app
+
+    if no_auth and not _is_loopback(host):
+        raise CLIError(f"--no-auth only binds to loopback (127.0.0.1, ::1, localhost), not {host!r}")
+    _say("Opening the store and applying migrations…")
+    runtime = _open(data_dir, database_url, config)
+    where = (
+        runtime.settings.database_url and "PostgreSQL"
+    ) or f"SQLite in {runtime.settings.data_dir.resolve()}"
+    _say(f"Store ready: {where}")
+    if runtime.settings.embedded and not no_auth:
+        secret = runtime.bootstrap_local_key()
+        if secret is not None:
+            _say(f"Created a local API key (shown only once): {secret}")
+            _say(f"  export SRE_API_KEY={secret}")
+    models = runtime.models.infos()
+    if models:
+        _say(
+            "Models: "
+            + ", ".join(f"{m.name} ({m.provider})" for m in models)
+            + f"; default: {runtime.models.default}"
+        )
+    else:
+        _say(
+            "No model configured: to use an OpenAI-compatible endpoint, restart with "
+            "SRE_OPENAI_BASE_URL=http://host/v1 SRE_OPENAI_MODEL=name [SRE_OPENAI_API_KEY=…], or pass --config."
+        )
+    application = create_app(runtime, auth=not no_auth)
+
+    @application.on_event("shutdown")
+    async def _close() -> None:
+        await runtime.aclose()
+
+    _say(f"SRE listening on http://{host}:{port}/v1 (stop with Ctrl-C)")
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
+def chat(
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", help="Resume this conversation.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model to use (default: the server's).")
+    ] = None,
+    base_url: Annotated[
+        str, typer.Option("--base-url", envvar="SRE_BASE_URL", help="The API's base URL.")
+    ] = ("http://127.0.0.1:8000/v1"),
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="SRE_API_KEY", help="API key.")] = None,
+) -> None:
+    """Chat in the terminal with a running server; resumes a conversation and shows its id."""
+    chat_loop(base_url=base_url, api_key=api_key, conversation=conversation, model=model)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant name (created if new).")],
+    principal: Annotated[str, typer.Option("--principal", help="Principal name (created if new).")],
+    name: Annotated[str, typer.Option("--name", help="A label for the key.")] = "default",
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a key for a principal of a tenant and print it once."""
+    runtime = _open(data_dir, database_url, None)
+    try:
+        key, secret = runtime.create_key(tenant, principal, name)
+    finally:
+        runtime.store.close()
+    _say(f"Created key {key.id} for principal {principal!r} of tenant {tenant!r}. It is shown only once:")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's keys.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List keys (never their secrets)."""
+    runtime = _open(data_dir, database_url, None)
+    try:
+        keys = runtime.store.keys
+        tenant_id = None
+        if tenant is not None:
+            tenant_id = keys.find_tenant(tenant)
+            if tenant_id is None:
+                raise CLIError(f"no tenant named {tenant!r}")
+        rows = keys.list_keys(tenant_id)
+        tenants = keys.tenant_names()
+        principals = keys.principal_names()
+    finally:
+        runtime.store.close()
+    print(f"{'ID':<37} {'TENANT':<16} {'PRINCIPAL':<16} {'NAME':<12} {'PREFIX':<13} {'CREATED':<20} STATUS")
+    for key in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.created_at))
+        status = "revoked" if key.revoked_at else "active"
+        print(
+            f"{key.id:<37} {tenants.get(key.tenant_id, '?'):<16} "
+            f"{principals.get((key.tenant_id, key.principal_id), '?'):<16} {key.name:<12} {key.prefix:<13} "
+            f"{created:<20} {status}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `sre keys list`).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a key; requests with it are refused from now on."""
+    runtime = _open(data_dir, database_url, None)
+    try:
+        key = runtime.store.keys.revoke_key(key_id)
+    finally:
+        runtime.store.close()
+    _say(f"Revoked key {key.id}.")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Apply pending schema migrations."""
+    from sre.runtime.settings import Settings
+    from sre.store import Database, sqlite_url
+
+    settings = Settings.load(data_dir=data_dir, database_url=database_url)
+    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    try:
+        current, head = db.current_revision(), db.head_revision()
+        if current == head:
+            _say(f"Schema is up to date (revision {head}).")
+            return
+        _say(f"Upgrading schema from {current or 'empty'} to {head}…")
+        db.upgrade()
+        _say(f"Done: schema at revision {db.current_revision()}.")
+    finally:
+        db.dispose()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI; turn every expected failure into one line on stderr."""
+    import click
+    import sqlalchemy.exc
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="sre", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.ClickException as exc:
+        _say(f"error: {exc.format_message()}")
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _say("aborted")
+        return 130
+    except (CLIError, ChatError, SREError) as exc:
+        _say(f"error: {getattr(exc, 'message', None) or exc}")
+        return 1
+    except sqlalchemy.exc.OperationalError as exc:
+        _say(f"error: cannot use the database: {str(exc.orig).strip().splitlines()[0]}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        _say(f"error: {exc}")
+        return 1
+    return 0

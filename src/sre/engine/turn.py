@@ -1,0 +1,342 @@
+"""One turn of a stateful conversation over a stateless model.
+
+`prepare` validates the request and reads what the turn needs (the previous response or the
+conversation, and the newest items that fit the model's window); it writes nothing and raises a
+clear error for anything wrong. `run` drives the model in a task of its own, so a client that goes
+away does not lose the turn, and commits the turn's input, output, response and model call record in
+one transaction before announcing completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sre.engine.assembler import Assembler, Event
+from sre.engine.shapes import response_object, usage_object
+from sre.models.base import ChatModel, FunctionTool, ModelRequest
+from sre.models.config import ModelRegistry
+from sre.store import Store, TurnCommit
+from sre.types.errors import InvalidRequest, ModelError, SREError
+from sre.types.ids import new_id
+from sre.types.items import (
+    FunctionCall,
+    FunctionCallOutput,
+    Message,
+    estimate_tokens,
+    item_from_dict,
+    parse_input_items,
+)
+from sre.types.records import Caller, ModelCallRecord, ResponseRecord, Window
+from sre.types.requests import CreateResponse
+
+AnyItem = Message | FunctionCall | FunctionCallOutput
+_DONE = object()
+
+
+@dataclass
+class PreparedTurn:
+    caller: Caller
+    request: CreateResponse
+    model: ChatModel
+    input_items: list[AnyItem]
+    previous: ResponseRecord | None
+    window: Window
+    model_request: ModelRequest
+    body: dict[str, Any]
+    response_id: str = field(default_factory=lambda: new_id("resp"))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def snapshot(
+        self, status: str, output: list[dict[str, Any]], completed_at: int | None = None
+    ) -> dict[str, Any]:
+        return response_object(
+            response_id=self.response_id,
+            status=status,
+            model=self.model.name,
+            created_at=self.created_at,
+            body=self.body,
+            output=output,
+            previous_response_id=self.request.previous_response_id,
+            conversation_id=self.request.conversation_id,
+            completed_at=completed_at,
+        )
+
+
+def _body(request: CreateResponse) -> dict[str, Any]:
+    tools = [t.model_dump(exclude_none=True) for t in request.tools or []]
+    choice = request.tool_choice
+    return {
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "parallel_tool_calls": True if request.parallel_tool_calls is None else request.parallel_tool_calls,
+        "store": request.store,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "tool_choice": choice.model_dump()
+        if choice is not None and not isinstance(choice, str)
+        else (choice or "auto"),
+        "tools": tools,
+        "truncation": request.truncation or "disabled",
+        "metadata": request.metadata or {},
+    }
+
+
+def _check_tool_outputs(items: list[AnyItem], window: Window) -> None:
+    """Every function_call_output must answer a function call the model made (OpenAI's rule)."""
+    known = {i.data.get("call_id") for i in window.items if i.type == "function_call"}
+    for index, item in enumerate(items):
+        if isinstance(item, FunctionCall):
+            known.add(item.call_id)
+        elif isinstance(item, FunctionCallOutput) and item.call_id not in known:
+            raise InvalidRequest(
+                f"No tool call found for function call output with call_id {item.call_id}.",
+                param=f"input[{index}].call_id",
+            )
+
+
+class TurnEngine:
+    def __init__(self, store: Store, models: ModelRegistry) -> None:
+        self.store = store
+        self.models = models
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def prepare(self, caller: Caller, request: CreateResponse) -> PreparedTurn:
+        if request.background:
+            raise InvalidRequest(
+                "background responses are not supported yet; send the request without 'background'.",
+                param="background",
+                code="unsupported_parameter",
+            )
+        if request.conversation is not None and request.previous_response_id is not None:
+            raise InvalidRequest(
+                "'previous_response_id' and 'conversation' cannot be used together.", param="conversation"
+            )
+        model = self.models.resolve(request.model)
+        items = parse_input_items(request.input)
+        reserve = request.max_output_tokens or min(4096, model.info.context_window // 4)
+        fixed = sum(estimate_tokens(i) for i in items) + (len(request.instructions or "") + 3) // 4
+        budget = model.info.context_window - reserve - fixed
+        if budget < 0:
+            raise InvalidRequest(
+                f"The input ({fixed} tokens) and the reserved output ({reserve}) exceed the context window "
+                f"of model '{model.name}' ({model.info.context_window} tokens).",
+                param="input",
+                code="context_length_exceeded",
+            )
+        previous, window = await asyncio.to_thread(self._read_state, caller, request, budget)
+        if window.truncated and request.truncation != "auto":
+            raise InvalidRequest(
+                f"The conversation exceeds the context window of model '{model.name}'. Send "
+                "truncation='auto' to drop the oldest items.",
+                param="input",
+                code="context_length_exceeded",
+            )
+        _check_tool_outputs(items, window)
+        history = [item_from_dict(i.data) for i in window.items]
+        model_request = ModelRequest(
+            items=history + items,
+            instructions=request.instructions,
+            tools=[
+                FunctionTool(name=t.name, description=t.description, parameters=t.parameters, strict=t.strict)
+                for t in request.tools or []
+            ],
+            tool_choice=request.tool_choice.model_dump()
+            if request.tool_choice is not None and not isinstance(request.tool_choice, str)
+            else request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_output_tokens=request.max_output_tokens,
+        )
+        return PreparedTurn(
+            caller=caller,
+            request=request,
+            model=model,
+            input_items=items,
+            previous=previous,
+            window=window,
+            model_request=model_request,
+            body=_body(request),
+        )
+
+    def _read_state(
+        self, caller: Caller, request: CreateResponse, budget: int
+    ) -> tuple[ResponseRecord | None, Window]:
+        previous = None
+        if request.previous_response_id is not None:
+            previous = self.store.responses.get(
+                caller.tenant_id, request.previous_response_id, param="previous_response_id"
+            )
+        window = self.store.responses.context(caller.tenant_id, request.conversation_id, previous, budget)
+        return previous, window
+
+    # -- running ------------------------------------------------------------------------------
+
+    def start(self, turn: PreparedTurn, *, events: bool) -> asyncio.Queue[Any]:
+        """Run the turn in its own task; its events (and finally a result) arrive on the queue."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(self._drive(turn, queue, events=events))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return queue
+
+    async def stream(self, turn: PreparedTurn) -> AsyncIterator[Event]:
+        queue = self.start(turn, events=True)
+        while True:
+            event = await queue.get()
+            if event is _DONE:
+                return
+            if isinstance(event, dict):
+                yield event
+
+    async def respond(self, turn: PreparedTurn) -> dict[str, Any]:
+        queue = self.start(turn, events=False)
+        final: dict[str, Any] | None = None
+        while True:
+            event = await queue.get()
+            if event is _DONE:
+                break
+            if isinstance(event, SREError):
+                raise event
+            final = event["response"]
+        assert final is not None
+        return final
+
+    async def _drive(self, turn: PreparedTurn, queue: asyncio.Queue[Any], *, events: bool) -> None:
+        sequence = 0
+
+        def emit(event: Event) -> None:
+            nonlocal sequence
+            if events or event["type"] in ("response.completed", "response.incomplete", "response.failed"):
+                queue.put_nowait({**event, "sequence_number": sequence})
+                sequence += 1
+
+        try:
+            await self._run(turn, emit, events=events, queue=queue)
+        except Exception as exc:  # the task must always end the queue
+            error = (
+                exc
+                if isinstance(exc, SREError)
+                else ModelError(f"internal error: {type(exc).__name__}: {exc}")
+            )
+            queue.put_nowait(error)
+        finally:
+            queue.put_nowait(_DONE)
+
+    async def _run(self, turn: PreparedTurn, emit: Any, *, events: bool, queue: asyncio.Queue[Any]) -> None:
+        assembler = Assembler(events=events)
+        if events:
+            emit({"type": "response.created", "response": turn.snapshot("in_progress", [])})
+            emit({"type": "response.in_progress", "response": turn.snapshot("in_progress", [])})
+        started = time.perf_counter()
+        error: SREError | None = None
+        try:
+            async for model_event in turn.model.stream(turn.model_request):
+                for event in assembler.feed(model_event):
+                    emit(event)
+        except SREError as exc:
+            error = exc
+        except Exception as exc:
+            error = ModelError(
+                f"model '{turn.model.name}' failed: {type(exc).__name__}: {exc}", code="model_error"
+            )
+        latency_ms = (time.perf_counter() - started) * 1000
+        status = "failed" if error else "completed"
+        if (
+            error is None
+            and assembler.finish is not None
+            and assembler.finish.reason in ("length", "content_filter")
+        ):
+            status = "incomplete"
+        for event in assembler.close("completed" if status != "failed" else "incomplete"):
+            emit(event)
+        record = await asyncio.to_thread(self._commit, turn, assembler, status, error, latency_ms)
+        final_type = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(
+            status, "response.failed"
+        )
+        emit({"type": final_type, "response": record})
+        if error is not None and not events:
+            queue.put_nowait(error)
+
+    def _commit(
+        self, turn: PreparedTurn, assembler: Assembler, status: str, error: SREError | None, latency_ms: float
+    ) -> dict[str, Any]:
+        usage = assembler.usage
+        input_tokens = (
+            usage.input_tokens
+            if usage
+            else turn.window.tokens + sum(estimate_tokens(i) for i in turn.input_items)
+        )
+        output_tokens = usage.output_tokens if usage else (assembler.output_chars + 3) // 4
+        body = dict(turn.body)
+        body["usage"] = usage_object(input_tokens, output_tokens, usage.cached_tokens if usage else 0)
+        if status == "incomplete" and assembler.finish is not None:
+            reason = "max_output_tokens" if assembler.finish.reason == "length" else "content_filter"
+            body["incomplete_details"] = {"reason": reason}
+        if error is not None:
+            body["error"] = {"code": error.code or "server_error", "message": error.message}
+        window = turn.window
+        now = int(time.time())
+        call = ModelCallRecord(
+            tenant_id=turn.caller.tenant_id,
+            id=new_id("mc"),
+            response_id=turn.response_id if turn.request.store else None,
+            principal_id=turn.caller.principal_id,
+            model=turn.model.name,
+            provider=turn.model.info.provider,
+            status=status,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=latency_ms,
+            manifest={
+                "window": {
+                    "first_item_id": window.items[0].id if window.items else None,
+                    "last_item_id": window.items[-1].id if window.items else None,
+                    "items": len(window.items),
+                    "tokens": window.tokens,
+                    "older_items_dropped": window.truncated,
+                },
+                "input_items": len(turn.input_items),
+                "instructions_chars": len(turn.request.instructions or ""),
+            },
+            error=None if error is None else error.message,
+            created_at=now,
+        )
+        output = assembler.items() if error is None else []
+        self.store.responses.commit_turn(
+            TurnCommit(
+                tenant_id=turn.caller.tenant_id,
+                principal_id=turn.caller.principal_id,
+                response_id=turn.response_id,
+                model=turn.model.name,
+                status=status,
+                body=body,
+                created_at=turn.created_at,
+                completed_at=now if status != "failed" else None,
+                conversation_id=turn.request.conversation_id,
+                previous=turn.previous,
+                input_items=turn.input_items,
+                output_items=output,
+                store=turn.request.store,
+                keep_items=error is None,
+                model_call=call,
+            )
+        )
+        # Output ids were assigned before streaming and the store keeps them, so the snapshot matches.
+        turn.body = body
+        return turn.snapshot(
+            status,
+            [i.model_dump(mode="json", exclude_none=True) for i in output],
+            now if status != "failed" else None,
+        )
+
+    async def aclose(self) -> None:
+        """Let running turns finish (they commit), up to a bound, then cancel the rest."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=10)
+            for task in pending:
+                task.cancel()

@@ -1,0 +1,100 @@
+"""The provider protocol: stream one completion for a list of items, tools and settings.
+
+A provider translates SRE's items (OpenAI Responses shapes) to one wire format and its answer back
+into a small closed set of events. It holds no conversation state and never touches the store.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sre.types.items import FunctionCall, FunctionCallOutput, Message
+
+AnyItem = Message | FunctionCall | FunctionCallOutput
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionTool:
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    items: Sequence[AnyItem]
+    instructions: str | None = None
+    tools: Sequence[FunctionTool] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+    type: Literal["text_delta"] = "text_delta"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call; `index` ties the pieces of one call together."""
+
+    index: int
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    type: Literal["tool_call_delta"] = "tool_call_delta"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    type: Literal["usage"] = "usage"
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+    type: Literal["finish"] = "finish"
+
+
+ModelEvent = TextDelta | ToolCallDelta | Usage | Finish
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    name: str  # what requests call it
+    provider: str
+    upstream_model: str  # what the provider calls it
+    context_window: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatModel(ABC):
+    """One configured model. Subclasses implement `stream`; everything else is shared."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @abstractmethod
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        """Yield text and tool-call deltas, then usage (if known), then exactly one `Finish`."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional for providers without connections
+        """Release connections; called once when the runtime closes."""

@@ -1,0 +1,163 @@
+"""Model configuration: a TOML file, overridable by environment variables, into a registry.
+
+    default_model = "gpt"
+    [models.gpt]
+    provider = "openai"            # or "scripted"
+    model = "gpt-4o-mini"          # the upstream's name; defaults to the section name
+    base_url = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY" # or api_key = "..."
+    context_window = 128000
+
+`SRE_MODELS__<NAME>__<KEY>=value` overrides one key of one model (and can define a model),
+`SRE_DEFAULT_MODEL` names the default, and `SRE_OPENAI_BASE_URL` with `SRE_OPENAI_MODEL` defines
+an OpenAI-compatible model without any file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sre.models.base import ChatModel, ModelInfo
+from sre.types.errors import ConfigError, InvalidRequest
+
+PROVIDERS = ("openai", "scripted")
+DEFAULT_CONTEXT_WINDOW = 128_000
+_KNOWN_KEYS = {
+    "provider", "model", "base_url", "api_key", "api_key_env", "context_window", "headers", "query",
+    "max_tokens_param", "connect_timeout", "read_timeout", "replies",
+}  # fmt: skip
+
+
+def read_toml(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    file = Path(path).expanduser()
+    try:
+        with file.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+
+
+def _coerce(key: str, value: str) -> Any:
+    if key in ("context_window",):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if key in ("connect_timeout", "read_timeout"):
+        return float(value)
+    if key == "replies":
+        return value.split("|")
+    return value
+
+
+def model_infos(config: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict[str, ModelInfo], str | None]:
+    raw = config.get("models", {})
+    if not isinstance(raw, dict):
+        raise ConfigError("[models] must be a table of models")
+    sections: dict[str, dict[str, Any]] = {}
+    for name, section in raw.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"[models.{name}] must be a table")
+        sections[name] = dict(section)
+    for var, value in env.items():
+        if var.startswith("SRE_MODELS__") and var.count("__") == 2:
+            _, name, key = var.split("__")
+            key = key.lower()
+            match = next((n for n in sections if n.upper().replace("-", "_") == name.upper()), name.lower())
+            sections.setdefault(match, {})[key] = _coerce(key, value)
+    if env.get("SRE_OPENAI_BASE_URL") and env.get("SRE_OPENAI_MODEL"):
+        name = env["SRE_OPENAI_MODEL"]
+        sections.setdefault(name, {}).update(
+            provider="openai",
+            base_url=env["SRE_OPENAI_BASE_URL"],
+            api_key=env.get("SRE_OPENAI_API_KEY") or env.get("OPENAI_API_KEY"),
+        )
+    infos: dict[str, ModelInfo] = {}
+    for name, section in sections.items():
+        unknown = set(section) - _KNOWN_KEYS
+        if unknown:
+            raise ConfigError(f"[models.{name}] has unknown keys: {', '.join(sorted(unknown))}")
+        provider = section.get("provider", "openai")
+        if provider not in PROVIDERS:
+            raise ConfigError(
+                f"[models.{name}] provider must be one of {', '.join(PROVIDERS)}, got {provider!r}"
+            )
+        if section.get("api_key_env") and not section.get("api_key"):
+            section["api_key"] = env.get(str(section["api_key_env"]))
+        window = section.get("context_window", DEFAULT_CONTEXT_WINDOW)
+        if not isinstance(window, int) or window < 256:
+            raise ConfigError(f"[models.{name}] context_window must be an integer of at least 256")
+        infos[name] = ModelInfo(
+            name=name,
+            provider=provider,
+            upstream_model=str(section.get("model", name)),
+            context_window=window,
+            options={k: v for k, v in section.items() if k not in ("provider", "model", "context_window")},
+        )
+    default = env.get("SRE_DEFAULT_MODEL") or config.get("default_model")
+    if default is not None and default not in infos:
+        raise ConfigError(f"default model {default!r} is not configured")
+    if default is None and len(infos) == 1:
+        default = next(iter(infos))
+    return infos, default
+
+
+def build_model(info: ModelInfo) -> ChatModel:
+    if info.provider == "scripted":
+        from sre.models.scripted import scripted_from_info
+
+        return scripted_from_info(info)
+    from sre.models.openai_chat import OpenAIChatModel
+
+    return OpenAIChatModel(info)
+
+
+class ModelRegistry:
+    """The configured models by name, and which one a request without `model` gets."""
+
+    def __init__(self, models: Mapping[str, ChatModel] | None = None, default: str | None = None) -> None:
+        self.models: dict[str, ChatModel] = dict(models or {})
+        self.default = default if default is not None else (next(iter(self.models)) if self.models else None)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ModelRegistry:
+        infos, default = model_infos(config, os.environ if env is None else env)
+        return cls({name: build_model(info) for name, info in infos.items()}, default)
+
+    def add(self, model: ChatModel, *, default: bool = False) -> None:
+        self.models[model.name] = model
+        if default or self.default is None:
+            self.default = model.name
+
+    def resolve(self, name: str | None) -> ChatModel:
+        if name is None:
+            if self.default is None:
+                raise InvalidRequest(
+                    "No model is configured. Set SRE_OPENAI_BASE_URL and SRE_OPENAI_MODEL, or pass --config.",
+                    param="model",
+                    code="model_not_found",
+                )
+            name = self.default
+        model = self.models.get(name)
+        if model is None:
+            raise InvalidRequest(
+                f"The model '{name}' does not exist. Known models: {', '.join(sorted(self.models)) or 'none'}.",
+                param="model",
+                code="model_not_found",
+            )
+        return model
+
+    def infos(self) -> list[ModelInfo]:
+        return [m.info for m in self.models.values()]
+
+    async def aclose(self) -> None:
+        for model in self.models.values():
+            await model.aclose()

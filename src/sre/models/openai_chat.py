@@ -1,0 +1,232 @@
+"""The `openai` provider: OpenAI's Chat Completions wire format over HTTP.
+
+One provider serves every endpoint that speaks this format (OpenAI, Azure OpenAI, vLLM, Ollama,
+LM Studio, llama.cpp's server): base URL, key and upstream model name come from configuration.
+It always streams upstream and turns chunks into `ModelEvent`s; it keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from sre.models.base import (
+    AnyItem,
+    ChatModel,
+    Finish,
+    FinishReason,
+    FunctionTool,
+    ModelEvent,
+    ModelInfo,
+    ModelRequest,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from sre.models.guard import check_allowed
+from sre.types.errors import InvalidRequest, ModelError, RateLimited
+from sre.types.items import FunctionCall, FunctionCallOutput, InputImage, Message
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def _message(item: Message) -> dict[str, Any]:
+    role = "system" if item.role == "developer" else item.role
+    if item.role != "user" or not any(isinstance(p, InputImage) for p in item.content):
+        return {"role": role, "content": item.text()}
+    parts: list[dict[str, Any]] = []
+    for part in item.content:
+        if isinstance(part, InputImage):
+            if part.image_url:
+                parts.append(
+                    {"type": "image_url", "image_url": {"url": part.image_url, "detail": part.detail}}
+                )
+        elif part.type in ("input_text", "output_text"):
+            parts.append({"type": "text", "text": getattr(part, "text", "")})
+    return {"role": role, "content": parts}
+
+
+def to_chat_messages(instructions: str | None, items: Sequence[AnyItem]) -> list[dict[str, Any]]:
+    """Responses items to Chat Completions messages; consecutive function calls share one message."""
+    messages: list[dict[str, Any]] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    for item in items:
+        if isinstance(item, Message):
+            messages.append(_message(item))
+        elif isinstance(item, FunctionCall):
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments},
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and last.get("tool_calls"):
+                last["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif isinstance(item, FunctionCallOutput):
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output_text()})
+    return messages
+
+
+def _tool(tool: FunctionTool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    function["parameters"] = tool.parameters or {"type": "object", "properties": {}}
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, dict):
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return choice
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            return str(body["error"].get("message", ""))[:500]
+        return json.dumps(body)[:500]
+    except ValueError:
+        return response.text[:500]
+
+
+class OpenAIChatModel(ChatModel):
+    def __init__(self, info: ModelInfo) -> None:
+        super().__init__(info)
+        opts = info.options
+        self.base_url = str(opts.get("base_url") or "https://api.openai.com/v1").rstrip("/")
+        self.api_key = opts.get("api_key")
+        self.headers = {str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()}
+        self.query = {str(k): str(v) for k, v in dict(opts.get("query") or {}).items()}
+        self.max_tokens_param = str(opts.get("max_tokens_param", "max_tokens"))
+        self.timeout = httpx.Timeout(
+            float(opts.get("read_timeout", 300.0)), connect=float(opts.get("connect_timeout", 10.0))
+        )
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        return self._client
+
+    def build_body(self, request: ModelRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.info.upstream_model,
+            "messages": to_chat_messages(request.instructions, request.items),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.tools:
+            body["tools"] = [_tool(t) for t in request.tools]
+            if request.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.tool_choice is not None and request.tools:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.max_output_tokens is not None:
+            body[self.max_tokens_param] = request.max_output_tokens
+        return body
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        url = f"{self.base_url}/chat/completions"
+        check_allowed(url)
+        headers = {"Content-Type": "application/json", **self.headers}
+        if self.api_key:
+            headers.setdefault("Authorization", f"Bearer {self.api_key}")
+        try:
+            async with self._http().stream(
+                "POST", url, params=self.query or None, json=self.build_body(request), headers=headers
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise self._error(response)
+                async for event in self._events(response):
+                    yield event
+        except httpx.TimeoutException as exc:
+            raise ModelError(
+                f"model '{self.name}' timed out: {type(exc).__name__}", code="model_timeout"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ModelError(
+                f"could not reach model '{self.name}': {exc}", code="model_unreachable"
+            ) from None
+
+    def _error(self, response: httpx.Response) -> Exception:
+        detail = _upstream_message(response)
+        status = response.status_code
+        if status == 429:
+            return RateLimited(
+                f"model '{self.name}' is rate limited upstream: {detail}", code="upstream_rate_limited"
+            )
+        if status == 400:
+            return InvalidRequest(
+                f"model '{self.name}' rejected the request: {detail}", code="upstream_bad_request"
+            )
+        return ModelError(f"model '{self.name}' failed with HTTP {status}: {detail}", code="upstream_error")
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
+        finish: FinishReason | None = None
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                break
+            try:
+                chunk = json.loads(payload)
+                if not isinstance(chunk, dict):
+                    raise ValueError("chunk is not an object")
+            except ValueError:
+                raise ModelError(
+                    f"model '{self.name}' sent a malformed chunk", code="upstream_malformed"
+                ) from None
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                details = usage.get("prompt_tokens_details") or {}
+                yield Usage(
+                    input_tokens=int(usage.get("prompt_tokens") or 0),
+                    output_tokens=int(usage.get("completion_tokens") or 0),
+                    cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+                )
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    yield TextDelta(str(delta["content"]))
+                for call in delta.get("tool_calls") or []:
+                    function = call.get("function") or {}
+                    yield ToolCallDelta(
+                        index=int(call.get("index", 0)),
+                        call_id=call.get("id"),
+                        name=function.get("name"),
+                        arguments=function.get("arguments") or "",
+                    )
+                if choice.get("finish_reason"):
+                    finish = _FINISH.get(str(choice["finish_reason"]), "stop")
+        if finish is None:
+            raise ModelError(
+                f"model '{self.name}' ended its stream without finishing", code="upstream_incomplete"
+            )
+        yield Finish(finish)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -1,0 +1,126 @@
+"""The `scripted` and `function` models: deterministic stand-ins for a real model.
+
+They exist for tests and benchmarks (see `sre.testing`), answer instantly, and speak through the
+same `ChatModel` protocol as every provider, so the runtime cannot tell the difference. A reply is
+a string, one or more `ScriptedToolCall`s, or an exception to raise.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sre.models.base import (
+    ChatModel,
+    Finish,
+    ModelEvent,
+    ModelInfo,
+    ModelRequest,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from sre.types.ids import new_id
+from sre.types.items import estimate_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedToolCall:
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+    call_id: str | None = None
+
+
+Reply = str | ScriptedToolCall | Sequence[ScriptedToolCall] | BaseException
+ReplyFunction = Callable[[ModelRequest], Reply | Awaitable[Reply]]
+
+
+async def reply_events(
+    reply: Reply, request: ModelRequest, chunk_words: int = 1
+) -> AsyncIterator[ModelEvent]:
+    if isinstance(reply, BaseException):
+        raise reply
+    input_tokens = sum(estimate_tokens(i) for i in request.items) + len(request.instructions or "") // 4
+    if isinstance(reply, str):
+        words = reply.split(" ")
+        for start in range(0, len(words), chunk_words):
+            piece = " ".join(words[start : start + chunk_words])
+            yield TextDelta(piece if start == 0 else " " + piece)
+        yield Usage(input_tokens=input_tokens, output_tokens=max(1, len(reply) // 4))
+        yield Finish("stop")
+        return
+    calls = [reply] if isinstance(reply, ScriptedToolCall) else list(reply)
+    for index, call in enumerate(calls):
+        arguments = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
+        half = len(arguments) // 2  # split like real streams do, to exercise reassembly
+        yield ToolCallDelta(
+            index=index, call_id=call.call_id or new_id("call"), name=call.name, arguments=arguments[:half]
+        )
+        yield ToolCallDelta(index=index, arguments=arguments[half:])
+    yield Usage(input_tokens=input_tokens, output_tokens=8 * len(calls))
+    yield Finish("tool_calls")
+
+
+class ScriptedModel(ChatModel):
+    """Answers with the given replies in order; with `cycle`, starts over when they run out."""
+
+    def __init__(
+        self,
+        replies: Sequence[Reply] = ("ok",),
+        *,
+        name: str = "scripted",
+        context_window: int = 8192,
+        cycle: bool = True,
+        record: bool = True,
+    ) -> None:
+        super().__init__(
+            ModelInfo(name=name, provider="scripted", upstream_model=name, context_window=context_window)
+        )
+        self.replies = list(replies)
+        self.cycle = cycle
+        self.record = record
+        self.requests: list[ModelRequest] = []
+        self._next = 0
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        if self.record:
+            self.requests.append(request)
+        if self._next >= len(self.replies):
+            if not self.cycle or not self.replies:
+                raise RuntimeError(f"scripted model '{self.name}' has no reply left")
+            self._next = 0
+        reply = self.replies[self._next]
+        self._next += 1
+        async for event in reply_events(reply, request):
+            yield event
+
+
+class FunctionModel(ChatModel):
+    """Answers by calling `fn(request)`, which may be sync or async."""
+
+    def __init__(self, fn: ReplyFunction, *, name: str = "function", context_window: int = 8192) -> None:
+        super().__init__(
+            ModelInfo(name=name, provider="function", upstream_model=name, context_window=context_window)
+        )
+        self.fn = fn
+        self.requests: list[ModelRequest] = []
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        self.requests.append(request)
+        reply = self.fn(request)
+        if inspect.isawaitable(reply):
+            reply = await reply
+        async for event in reply_events(reply, request):
+            yield event
+
+
+def scripted_from_info(info: ModelInfo) -> ScriptedModel:
+    replies = info.options.get("replies") or ["ok"]
+    model = ScriptedModel(
+        [str(r) for r in replies], name=info.name, context_window=info.context_window, record=False
+    )
+    model.info = info
+    return model

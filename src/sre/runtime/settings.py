@@ -1,0 +1,65 @@
+"""Where the runtime keeps its data and how it is configured: flags, then environment, then file.
+
+The embedded default is `./.sre/sre.db`; `SRE_DATABASE_URL` (or `--database-url`) selects
+PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models and a `[server]` table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sre.models.config import read_toml
+from sre.types.errors import ConfigError
+
+DEFAULT_DATA_DIR = ".sre"
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+LOCAL_TENANT = "default"
+LOCAL_PRINCIPAL = "local"
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    database_url: str | None  # None: SQLite in data_dir
+    config: dict[str, Any] = field(default_factory=dict)
+    config_path: Path | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None or self.database_url.startswith("sqlite")
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        data_dir: str | Path | None = None,
+        database_url: str | None = None,
+        config_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Settings:
+        env = os.environ if env is None else env
+        path = config_path or env.get("SRE_CONFIG") or None
+        config = read_toml(path)
+        server = config.get("server", {})
+        if not isinstance(server, dict):
+            raise ConfigError("[server] must be a table")
+        unknown = set(config) - {"models", "default_model", "server"}
+        if unknown:
+            raise ConfigError(f"unknown top-level keys in config: {', '.join(sorted(unknown))}")
+        raw_max = env.get("SRE_MAX_BODY_BYTES") or server.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+        try:
+            max_body = int(raw_max)
+        except (TypeError, ValueError):
+            raise ConfigError(f"max_body_bytes must be an integer, got {raw_max!r}") from None
+        return cls(
+            data_dir=Path(data_dir or env.get("SRE_DATA_DIR") or server.get("data_dir") or DEFAULT_DATA_DIR),
+            database_url=database_url or env.get("SRE_DATABASE_URL") or server.get("database_url") or None,
+            config=config,
+            config_path=None if path is None else Path(path),
+            max_body_bytes=max_body,
+        )

@@ -1,0 +1,160 @@
+"""Request shapes of the public API (OpenAI Responses and Conversations), validated by pydantic.
+
+The HTTP layer and the Python API accept the same models. Unknown fields are refused, naming the
+field; a few OpenAI parameters that SRE accepts but does not act on yet are listed as such.
+`invalid_from_pydantic` turns a validation failure into an `InvalidRequest` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sre.types.errors import InvalidRequest
+from sre.types.items import validate_metadata
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class FunctionToolParam(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolChoiceFunction(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ConversationRef(BaseModel):
+    model_config = _STRICT
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+Metadata = dict[str, str]
+
+
+class _WithMetadata(BaseModel):
+    model_config = _STRICT
+    metadata: Metadata | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, value: object) -> object:
+        return None if value is None else validate_metadata(value)
+
+
+class CreateResponse(_WithMetadata):
+    """`POST /v1/responses`."""
+
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    input: str | list[Any]
+    instructions: str | None = None
+    previous_response_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    conversation: Annotated[str, Field(min_length=1, max_length=64)] | ConversationRef | None = None
+    store: bool = True
+    stream: bool = False
+    background: bool = False
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    tools: list[FunctionToolParam] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    # Accepted for compatibility with OpenAI clients; SRE does not act on them yet.
+    user: str | None = None
+    include: list[str] | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    stream_options: dict[str, Any] | None = None
+
+    @property
+    def conversation_id(self) -> str | None:
+        if isinstance(self.conversation, ConversationRef):
+            return self.conversation.id
+        return self.conversation
+
+
+class CreateConversation(_WithMetadata):
+    """`POST /v1/conversations`."""
+
+    items: Annotated[list[Any], Field(max_length=20)] | None = None
+
+
+class UpdateConversation(BaseModel):
+    """`POST /v1/conversations/{id}`."""
+
+    model_config = _STRICT
+    metadata: Metadata
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, value: object) -> object:
+        return validate_metadata(value)
+
+
+class CreateItems(BaseModel):
+    """`POST /v1/conversations/{id}/items`."""
+
+    model_config = _STRICT
+    items: Annotated[list[Any], Field(min_length=1, max_length=20)]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(
+            ("function-", "constrained-", "literal[", "str", "int", "float", "bool")
+        ) or part in (
+            "ConversationRef",
+            "ToolChoiceFunction",
+            "FunctionToolParam",
+            "list[any]",
+            "dict[str,any]",
+            "function",
+        ):
+            continue  # a union branch's name, not a field
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def invalid_from_pydantic(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> InvalidRequest:
+    err = exc.errors()[0]
+    loc = (
+        tuple(err["loc"])[len(prefix) :] if tuple(err["loc"])[: len(prefix)] == prefix else tuple(err["loc"])
+    )
+    return invalid_from_error(err["type"], loc, err["msg"], err.get("ctx"))
+
+
+def invalid_from_error(kind: str, loc: tuple[int | str, ...], msg: str, ctx: Any = None) -> InvalidRequest:
+    if isinstance(ctx, dict):
+        inner = ctx.get("error")
+        if isinstance(inner, InvalidRequest):
+            return inner  # raised by one of our validators, already naming its field
+    field = _loc(loc) or None
+    if kind == "json_invalid":
+        return InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON.")
+    if kind == "missing":
+        return InvalidRequest(
+            f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter"
+        )
+    if kind == "extra_forbidden":
+        return InvalidRequest(
+            f"Unrecognized request argument supplied: {field}", param=field, code="unknown_parameter"
+        )
+    if field is None:
+        return InvalidRequest(f"Invalid request body: {msg}.", code="invalid_body")
+    return InvalidRequest(f"Invalid value for '{field}': {msg}.", param=field, code="invalid_value")
