@@ -1,0 +1,257 @@
+"""The store conformance suite: one set of behaviours, run against SQLite and PostgreSQL.
+
+Each test makes its own tenant, so tests share a database without clearing it.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from sre.store import Store, TurnCommit
+from sre.store.schema import api_keys, items, metadata
+from sre.types.errors import Conflict, InvalidRequest, NotFound
+from sre.types.items import Message, OutputText, parse_input_items
+from sre.types.records import ResponseRecord
+
+
+def tenant(store: Store) -> str:
+    return store.keys.ensure_tenant(f"t-{uuid.uuid4().hex}")
+
+
+def texts(stored: list) -> list[str]:  # type: ignore[type-arg]
+    return ["".join(p.get("text", "") for p in i.data.get("content", [])) for i in stored]
+
+
+def user(*words: str) -> list:  # type: ignore[type-arg]
+    return parse_input_items([{"role": "user", "content": w} for w in words])
+
+
+def test_backend_is_what_it_claims(store: Store, backend: str) -> None:
+    assert store.dialect == backend
+
+
+def test_migrations_match_schema(store: Store) -> None:
+    with store.db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    assert store.db.current_revision() == store.db.head_revision()
+    assert store.db.upgrade() is False  # already at head: nothing to do
+
+
+def test_keys_are_hashed_resolved_and_revoked(store: Store) -> None:
+    t = tenant(store)
+    assert store.keys.ensure_tenant(store.keys.tenant_names()[t]) == t  # idempotent
+    alice = store.keys.ensure_principal(t, "alice")
+    assert store.keys.ensure_principal(t, "alice") == alice
+    key, secret = store.keys.create_key(t, alice.id, "laptop")
+    caller = store.keys.authenticate(secret)
+    assert caller is not None and (caller.tenant_id, caller.principal_id, caller.key_id) == (t, alice.id, key.id)
+    with store.db.read() as conn:
+        stored = conn.execute(sa.select(api_keys.c.key_hash).where(api_keys.c.id == key.id)).scalar_one()
+    assert secret not in stored and len(stored) == 64
+    assert store.keys.authenticate(secret + "x") is None
+    store.keys.revoke_key(key.id)
+    assert store.keys.authenticate(secret) is None
+    assert store.keys.revoke_key(key.id).revoked_at is not None  # revoking twice is harmless
+    with pytest.raises(NotFound):
+        store.keys.revoke_key("key_missing")
+    with pytest.raises(InvalidRequest):
+        store.keys.ensure_principal(t, "bob", kind="robot")
+
+
+def test_conversation_lifecycle(store: Store) -> None:
+    t = tenant(store)
+    conv, stored = store.conversations.create(t, metadata={"topic": "x"}, initial=user("a", "b"))
+    assert [i.seq for i in stored] == [1, 2] and conv.last_seq == 2
+    assert store.conversations.get(t, conv.id).metadata == {"topic": "x"}
+    assert store.conversations.update_metadata(t, conv.id, {"topic": "y"}).metadata == {"topic": "y"}
+    assert store.conversations.get(t, conv.id).metadata == {"topic": "y"}
+    store.conversations.delete(t, conv.id)
+    with pytest.raises(NotFound):
+        store.conversations.get(t, conv.id)
+    with pytest.raises(NotFound):
+        store.conversations.append(t, conv.id, user("c"))
+    with store.db.read() as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(items).where(items.c.conversation_id == conv.id))
+        assert left.scalar_one() == 0  # no fork reads them: the items are gone
+
+
+def test_tenants_never_see_each_other(store: Store) -> None:
+    a, b = tenant(store), tenant(store)
+    conv, stored = store.conversations.create(a, initial=user("secret"))
+    for call in (
+        lambda: store.conversations.get(b, conv.id),
+        lambda: store.conversations.append(b, conv.id, user("x")),
+        lambda: store.conversations.list_items(b, conv.id),
+        lambda: store.conversations.get_item(b, conv.id, stored[0].id),
+        lambda: store.conversations.delete(b, conv.id),
+        lambda: store.conversations.fork(b, conv.id),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    assert texts(store.conversations.list_items(a, conv.id).data) == ["secret"]
+
+
+def test_items_are_ordered_and_paginated(store: Store) -> None:
+    t = tenant(store)
+    conv, _ = store.conversations.create(t)
+    words = [f"w{i}" for i in range(25)]
+    store.conversations.append(t, conv.id, user(*words))
+    first = store.conversations.list_items(t, conv.id, limit=10, order="asc")
+    assert texts(first.data) == words[:10] and first.has_more
+    second = store.conversations.list_items(t, conv.id, limit=10, order="asc", after=first.data[-1].id)
+    assert texts(second.data) == words[10:20]
+    last = store.conversations.list_items(t, conv.id, limit=10, order="asc", after=second.data[-1].id)
+    assert texts(last.data) == words[20:] and not last.has_more
+    newest = store.conversations.list_items(t, conv.id, limit=3)
+    assert texts(newest.data) == ["w24", "w23", "w22"]
+    with pytest.raises(InvalidRequest):
+        store.conversations.list_items(t, conv.id, after="msg_unknown")
+
+
+def test_forks_reference_their_parent_instead_of_copying(store: Store) -> None:
+    t = tenant(store)
+    parent, stored = store.conversations.create(t, initial=user("p1", "p2", "p3"))
+    fork = store.conversations.fork(t, parent.id, at_item_id=stored[1].id)
+    assert fork.parent_id == parent.id and fork.fork_seq == 2
+    store.conversations.append(t, fork.id, user("f1"))
+    store.conversations.append(t, parent.id, user("p4"))
+    assert texts(store.conversations.list_items(t, fork.id, order="asc").data) == ["p1", "p2", "f1"]
+    assert texts(store.conversations.list_items(t, parent.id, order="asc").data) == ["p1", "p2", "p3", "p4"]
+    grandchild = store.conversations.fork(t, fork.id)
+    store.conversations.append(t, grandchild.id, user("g1"))
+    assert texts(store.conversations.list_items(t, grandchild.id, order="asc").data) == ["p1", "p2", "f1", "g1"]
+    page = store.conversations.list_items(t, grandchild.id, order="desc", limit=2)
+    rest = store.conversations.list_items(t, grandchild.id, order="desc", limit=2, after=page.data[-1].id)
+    assert texts(page.data) + texts(rest.data) == ["g1", "f1", "p2", "p1"]
+    with store.db.read() as conn:
+        count = conn.execute(
+            sa.select(sa.func.count()).select_from(items).where(
+                items.c.conversation_id.in_([parent.id, fork.id, grandchild.id])
+            )
+        ).scalar_one()
+    assert count == 6  # 4 in the parent, 1 in each fork: nothing copied
+    assert store.conversations.get_item(t, grandchild.id, stored[0].id).id == stored[0].id
+    with pytest.raises(NotFound):
+        store.conversations.get_item(t, fork.id, stored[2].id)  # after the fork point: not in the fork
+    with pytest.raises(Conflict):
+        store.conversations.delete_item(t, fork.id, stored[0].id)  # the parent's item
+    store.conversations.delete(t, parent.id)  # a live fork still reads the parent's items
+    assert texts(store.conversations.list_items(t, fork.id, order="asc").data) == ["p1", "p2", "f1"]
+
+
+def test_delete_item(store: Store) -> None:
+    t = tenant(store)
+    conv, stored = store.conversations.create(t, initial=user("a", "b", "c"))
+    store.conversations.delete_item(t, conv.id, stored[1].id)
+    assert texts(store.conversations.list_items(t, conv.id, order="asc").data) == ["a", "c"]
+    with pytest.raises(NotFound):
+        store.conversations.delete_item(t, conv.id, stored[1].id)
+
+
+def test_window_reads_the_newest_items_that_fit(store: Store) -> None:
+    t = tenant(store)
+    conv, _ = store.conversations.create(t)
+    store.conversations.append(t, conv.id, user(*[f"message number {i:04d}" for i in range(300)]))
+    per_item = store.conversations.list_items(t, conv.id, limit=1).data[0].tokens
+    window = store.conversations.window(t, conv.id, budget=per_item * 50 + per_item // 2)
+    assert len(window.items) == 50 and window.truncated
+    assert texts(window.items)[0] == "message number 0250" and texts(window.items)[-1] == "message number 0299"
+    everything = store.conversations.window(t, conv.id, budget=10**9)
+    assert len(everything.items) == 300 and not everything.truncated
+    upto = store.conversations.window(t, conv.id, budget=10**9, upto=10)
+    assert len(upto.items) == 10
+
+
+def _turn(t: str, principal: str, *, previous: ResponseRecord | None = None, conversation: str | None = None,
+          text: str = "q", keep: bool = True, store_it: bool = True) -> TurnCommit:  # fmt: skip
+    rid = f"resp_{uuid.uuid4().hex}"
+    return TurnCommit(
+        tenant_id=t,
+        principal_id=principal,
+        response_id=rid,
+        model="m",
+        status="completed" if keep else "failed",
+        body={},
+        created_at=1,
+        completed_at=2,
+        conversation_id=conversation,
+        previous=previous,
+        input_items=user(text),
+        output_items=[Message(role="assistant", content=[OutputText(text=f"answer to {text}")])],
+        store=store_it,
+        keep_items=keep,
+        model_call=None,
+    )
+
+
+def test_response_chains_append_and_branch_by_reference(store: Store) -> None:
+    t = tenant(store)
+    p = store.keys.ensure_principal(t, "alice").id
+    first, _, _ = store.responses.commit_turn(_turn(t, p, text="one"))
+    assert first is not None
+    second, _, _ = store.responses.commit_turn(_turn(t, p, previous=first, text="two"))
+    assert second is not None and second.conversation_id == first.conversation_id  # continued at the head
+    branch, _, _ = store.responses.commit_turn(_turn(t, p, previous=first, text="other"))
+    assert branch is not None and branch.conversation_id != first.conversation_id  # a fork
+    window = store.responses.context(t, None, branch, 10**9)
+    assert texts(window.items) == ["one", "answer to one", "other", "answer to other"]
+    window = store.responses.context(t, None, second, 10**9)
+    assert texts(window.items) == ["one", "answer to one", "two", "answer to two"]
+    failed, stored_in, _ = store.responses.commit_turn(_turn(t, p, previous=second, text="boom", keep=False))
+    assert failed is not None and failed.status == "failed" and stored_in == []
+    assert store.responses.get(t, failed.id).head_seq == second.head_seq
+    page = store.responses.list_input_items(t, second.id)
+    assert texts(page.data) == ["two"]
+    assert [i.type for i in store.responses.output_items(second)] == ["message"]
+    with pytest.raises(NotFound):
+        store.responses.get(tenant(store), first.id)
+    store.responses.delete(t, first.id)
+    with pytest.raises(NotFound):
+        store.responses.get(t, first.id)
+    unstored, _, _ = store.responses.commit_turn(_turn(t, p, store_it=False))
+    assert unstored is None
+
+
+def test_turn_in_a_conversation(store: Store) -> None:
+    t = tenant(store)
+    p = store.keys.ensure_principal(t, "alice").id
+    conv, _ = store.conversations.create(t)
+    record, stored_in, stored_out = store.responses.commit_turn(_turn(t, p, conversation=conv.id, text="hi"))
+    assert record is not None and record.public_conversation_id == conv.id
+    assert [i.seq for i in stored_in + stored_out] == [1, 2]
+    assert texts(store.conversations.list_items(t, conv.id, order="asc").data) == ["hi", "answer to hi"]
+    store.conversations.delete(t, conv.id)
+    with pytest.raises(NotFound):
+        store.responses.commit_turn(_turn(t, p, conversation=conv.id))
+
+
+def test_concurrent_appends_keep_one_order(store: Store) -> None:
+    t = tenant(store)
+    conv, _ = store.conversations.create(t)
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            for i in range(25):
+                store.conversations.append(t, conv.id, user(f"{name}{i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in "abc"]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    listed = store.conversations.list_items(t, conv.id, order="asc", limit=100).data
+    assert [i.seq for i in listed] == list(range(1, 76))
+    for name in "abc":
+        mine = [x for x in texts(listed) if x.startswith(name)]
+        assert mine == [f"{name}{i}" for i in range(25)]
