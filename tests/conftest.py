@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 
 os.environ["SRE_BLOCK_MODEL_REQUESTS"] = "1"
-for var in ("SRE_DATABASE_URL", "SRE_CONFIG", "SRE_DATA_DIR", "SRE_DEFAULT_MODEL", "SRE_OPENAI_BASE_URL",
-            "SRE_OPENAI_MODEL", "SRE_API_KEY"):  # fmt: skip
+for var in (
+    "SRE_DATABASE_URL",
+    "SRE_CONFIG",
+    "SRE_DATA_DIR",
+    "SRE_DEFAULT_MODEL",
+    "SRE_OPENAI_BASE_URL",
+    "SRE_OPENAI_MODEL",
+    "SRE_API_KEY",
+):
     os.environ.pop(var, None)
 
 from sre.store import Store, sqlite_url  # noqa: E402
@@ -70,7 +77,9 @@ def upstream() -> Iterator[ChatUpstream]:
     server.stop()
 
 
-def upstream_config(path: Path, upstream: ChatUpstream, *, name: str = "fake", context_window: int = 16000) -> Path:
+def upstream_config(
+    path: Path, upstream: ChatUpstream, *, name: str = "fake", context_window: int = 16000
+) -> Path:
     path.write_text(
         f"""
 default_model = "{name}"

@@ -33,14 +33,27 @@ class Harness:
         import os
         import uuid
 
-        cmd = [sys.executable, "-m", "sre", "keys", "create", "--tenant", f"e2e-{uuid.uuid4().hex[:8]}",
-               "--principal", "alice", "--data-dir", str(self.data_dir)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "sre",
+            "keys",
+            "create",
+            "--tenant",
+            f"e2e-{uuid.uuid4().hex[:8]}",
+            "--principal",
+            "alice",
+            "--data-dir",
+            str(self.data_dir),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **self.env}, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
     def start(self) -> openai.OpenAI:
-        self.server = ServerProcess(data_dir=self.data_dir, env=self.env, args=["--config", str(self.config)]).start()
+        self.server = ServerProcess(
+            data_dir=self.data_dir, env=self.env, args=["--config", str(self.config)]
+        ).start()
         return openai.OpenAI(base_url=self.server.base_url, api_key=self.key, max_retries=0)
 
     def restart(self) -> openai.OpenAI:
@@ -53,7 +66,9 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, backend: str, request: pytest.FixtureRequest, upstream: ChatUpstream) -> Iterator[Harness]:
+def harness(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, upstream: ChatUpstream
+) -> Iterator[Harness]:
     pg = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     h = Harness(tmp_path, backend, pg, upstream)
     yield h
@@ -75,8 +90,12 @@ def test_conversation_survives_a_restart(harness: Harness) -> None:
     third = client.responses.create(input="Where do I live?", conversation=conv.id)
     assert third.status == "completed"
     assert contents(harness.last_messages()) == [
-        "My name is Ada.", "echo: My name is Ada.", "I live in Paris.", "echo: I live in Paris.", "Where do I live?",
-    ]  # fmt: skip
+        "My name is Ada.",
+        "echo: My name is Ada.",
+        "I live in Paris.",
+        "echo: I live in Paris.",
+        "Where do I live?",
+    ]
     items = client.conversations.items.list(conv.id, order="asc")
     assert [i.type for i in items.data] == ["message"] * 6
     assert client.conversations.retrieve(conv.id).metadata == {"user": "alice"}
@@ -89,7 +108,13 @@ def test_previous_response_chain_survives_a_restart(harness: Harness) -> None:
     client = harness.restart()
     three = client.responses.create(input="three", previous_response_id=two.id)
     assert three.previous_response_id == two.id
-    assert contents(harness.last_messages()) == ["one", "echo: one", "two", "echo: two", "three"]  # no instructions
+    assert contents(harness.last_messages()) == [
+        "one",
+        "echo: one",
+        "two",
+        "echo: two",
+        "three",
+    ]  # no instructions
     branch = client.responses.create(input="branch", previous_response_id=one.id)
     assert contents(harness.last_messages()) == ["one", "echo: one", "branch"]
     assert client.responses.retrieve(branch.id).output_text == "echo: branch"
@@ -121,15 +146,29 @@ def test_streaming(harness: Harness) -> None:
     assert failing[-1].type == "response.failed"
     client.responses.create(input="after", conversation=conv.id)
     assert contents(harness.last_messages()) == [
-        "stream please", "streamed words arrive one by one", "after",
+        "stream please",
+        "streamed words arrive one by one",
+        "after",
     ]  # fmt: skip  (the failed turn left nothing behind)
 
 
 def test_function_tool_round_trip(harness: Harness) -> None:
     client = harness.start()
-    tools = [{"type": "function", "name": "get_weather", "description": "Weather for a city",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
-    harness.upstream.queue(Reply(tool_calls=[{"name": "get_weather", "arguments": '{"city": "Paris"}', "id": "call_w"}]))
+    tools = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        }
+    ]
+    harness.upstream.queue(
+        Reply(tool_calls=[{"name": "get_weather", "arguments": '{"city": "Paris"}', "id": "call_w"}])
+    )
     first = client.responses.create(input="Weather in Paris?", tools=tools)  # type: ignore[arg-type]
     calls = [o for o in first.output if o.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].arguments == '{"city": "Paris"}'

@@ -35,7 +35,9 @@ async def collect(model: OpenAIChatModel, request: ModelRequest) -> list[object]
 
 async def test_text_streams_with_usage(upstream: ChatUpstream) -> None:
     upstream.queue(Reply(text="hello there world"))
-    events = await collect(model_for(upstream), ModelRequest(items=parse_input_items("hi"), instructions="be brief"))
+    events = await collect(
+        model_for(upstream), ModelRequest(items=parse_input_items("hi"), instructions="be brief")
+    )
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello there world"
     assert len([e for e in events if isinstance(e, TextDelta)]) == 3
     assert any(isinstance(e, Usage) and e.output_tokens == 7 for e in events)
@@ -48,9 +50,13 @@ async def test_text_streams_with_usage(upstream: ChatUpstream) -> None:
 
 async def test_parallel_tool_calls_split_across_chunks(upstream: ChatUpstream) -> None:
     upstream.queue(
-        Reply(tool_calls=[{"name": "weather", "arguments": '{"city": "Paris", "unit": "c"}', "id": "call_a"},
-                          {"name": "time", "arguments": '{"tz": "Europe/Paris"}', "id": "call_b"}])
-    )  # fmt: skip
+        Reply(
+            tool_calls=[
+                {"name": "weather", "arguments": '{"city": "Paris", "unit": "c"}', "id": "call_a"},
+                {"name": "time", "arguments": '{"tz": "Europe/Paris"}', "id": "call_b"},
+            ]
+        )
+    )
     events = await collect(model_for(upstream), ModelRequest(items=parse_input_items("x")))
     calls: dict[int, dict[str, str]] = {}
     for e in events:
@@ -133,19 +139,30 @@ def test_real_requests_are_blocked_in_tests() -> None:
 
 
 def test_config_from_toml_and_environment() -> None:
-    config = {"default_model": "a", "models": {"a": {"provider": "openai", "base_url": "http://127.0.0.1:1/v1"},
-                                               "b": {"provider": "scripted", "replies": ["hi"]}}}  # fmt: skip
+    config = {
+        "default_model": "a",
+        "models": {
+            "a": {"provider": "openai", "base_url": "http://127.0.0.1:1/v1"},
+            "b": {"provider": "scripted", "replies": ["hi"]},
+        },
+    }
     env = {"SRE_MODELS__A__CONTEXT_WINDOW": "4096", "SRE_MODELS__A__API_KEY": "k"}
     registry = ModelRegistry.from_config(config, env)
     assert registry.default == "a"
     assert registry.resolve(None).info.context_window == 4096
     assert registry.resolve("a").info.options["api_key"] == "k"
     assert registry.resolve("b").info.provider == "scripted"
-    quick = ModelRegistry.from_config({}, {"SRE_OPENAI_BASE_URL": "http://127.0.0.1:1/v1", "SRE_OPENAI_MODEL": "llama"})
+    quick = ModelRegistry.from_config(
+        {}, {"SRE_OPENAI_BASE_URL": "http://127.0.0.1:1/v1", "SRE_OPENAI_MODEL": "llama"}
+    )
     assert quick.default == "llama"
     with pytest.raises(InvalidRequest):
         registry.resolve("nope")
-    for bad in ({"models": {"a": {"provider": "telepathy"}}}, {"models": {"a": {"colour": "red"}}},
-                {"models": {"a": {"context_window": 10}}}, {"default_model": "z", "models": {}}):  # fmt: skip
+    for bad in (
+        {"models": {"a": {"provider": "telepathy"}}},
+        {"models": {"a": {"colour": "red"}}},
+        {"models": {"a": {"context_window": 10}}},
+        {"default_model": "z", "models": {}},
+    ):
         with pytest.raises(ConfigError):
             ModelRegistry.from_config(bad, {})

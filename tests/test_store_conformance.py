@@ -51,7 +51,11 @@ def test_keys_are_hashed_resolved_and_revoked(store: Store) -> None:
     assert store.keys.ensure_principal(t, "alice") == alice
     key, secret = store.keys.create_key(t, alice.id, "laptop")
     caller = store.keys.authenticate(secret)
-    assert caller is not None and (caller.tenant_id, caller.principal_id, caller.key_id) == (t, alice.id, key.id)
+    assert caller is not None and (caller.tenant_id, caller.principal_id, caller.key_id) == (
+        t,
+        alice.id,
+        key.id,
+    )
     with store.db.read() as conn:
         stored = conn.execute(sa.select(api_keys.c.key_hash).where(api_keys.c.id == key.id)).scalar_one()
     assert secret not in stored and len(stored) == 64
@@ -78,7 +82,9 @@ def test_conversation_lifecycle(store: Store) -> None:
     with pytest.raises(NotFound):
         store.conversations.append(t, conv.id, user("c"))
     with store.db.read() as conn:
-        left = conn.execute(sa.select(sa.func.count()).select_from(items).where(items.c.conversation_id == conv.id))
+        left = conn.execute(
+            sa.select(sa.func.count()).select_from(items).where(items.c.conversation_id == conv.id)
+        )
         assert left.scalar_one() == 0  # no fork reads them: the items are gone
 
 
@@ -126,15 +132,20 @@ def test_forks_reference_their_parent_instead_of_copying(store: Store) -> None:
     assert texts(store.conversations.list_items(t, parent.id, order="asc").data) == ["p1", "p2", "p3", "p4"]
     grandchild = store.conversations.fork(t, fork.id)
     store.conversations.append(t, grandchild.id, user("g1"))
-    assert texts(store.conversations.list_items(t, grandchild.id, order="asc").data) == ["p1", "p2", "f1", "g1"]
+    assert texts(store.conversations.list_items(t, grandchild.id, order="asc").data) == [
+        "p1",
+        "p2",
+        "f1",
+        "g1",
+    ]
     page = store.conversations.list_items(t, grandchild.id, order="desc", limit=2)
     rest = store.conversations.list_items(t, grandchild.id, order="desc", limit=2, after=page.data[-1].id)
     assert texts(page.data) + texts(rest.data) == ["g1", "f1", "p2", "p1"]
     with store.db.read() as conn:
         count = conn.execute(
-            sa.select(sa.func.count()).select_from(items).where(
-                items.c.conversation_id.in_([parent.id, fork.id, grandchild.id])
-            )
+            sa.select(sa.func.count())
+            .select_from(items)
+            .where(items.c.conversation_id.in_([parent.id, fork.id, grandchild.id]))
         ).scalar_one()
     assert count == 6  # 4 in the parent, 1 in each fork: nothing copied
     assert store.conversations.get_item(t, grandchild.id, stored[0].id).id == stored[0].id
@@ -162,15 +173,25 @@ def test_window_reads_the_newest_items_that_fit(store: Store) -> None:
     per_item = store.conversations.list_items(t, conv.id, limit=1).data[0].tokens
     window = store.conversations.window(t, conv.id, budget=per_item * 50 + per_item // 2)
     assert len(window.items) == 50 and window.truncated
-    assert texts(window.items)[0] == "message number 0250" and texts(window.items)[-1] == "message number 0299"
+    assert (
+        texts(window.items)[0] == "message number 0250" and texts(window.items)[-1] == "message number 0299"
+    )
     everything = store.conversations.window(t, conv.id, budget=10**9)
     assert len(everything.items) == 300 and not everything.truncated
     upto = store.conversations.window(t, conv.id, budget=10**9, upto=10)
     assert len(upto.items) == 10
 
 
-def _turn(t: str, principal: str, *, previous: ResponseRecord | None = None, conversation: str | None = None,
-          text: str = "q", keep: bool = True, store_it: bool = True) -> TurnCommit:  # fmt: skip
+def _turn(
+    t: str,
+    principal: str,
+    *,
+    previous: ResponseRecord | None = None,
+    conversation: str | None = None,
+    text: str = "q",
+    keep: bool = True,
+    store_it: bool = True,
+) -> TurnCommit:
     rid = f"resp_{uuid.uuid4().hex}"
     return TurnCommit(
         tenant_id=t,

@@ -55,7 +55,9 @@ class ChatUpstream:
                     return
                 upstream._serve(self, body, reply or upstream._echo(body))
 
-            def _json(self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+            def _json(
+                self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -102,7 +104,9 @@ class ChatUpstream:
             time.sleep(reply.delay)
         if reply.status != 200:
             extra = {"retry-after": reply.retry_after} if reply.retry_after else None
-            handler._json(reply.status, {"error": {"message": reply.error_message, "type": "upstream"}}, extra)
+            handler._json(
+                reply.status, {"error": {"message": reply.error_message, "type": "upstream"}}, extra
+            )
             return
         model = body.get("model", "fake")
         prompt_tokens = sum(len(str(m.get("content") or "")) // 4 + 1 for m in body.get("messages", []))
@@ -110,10 +114,13 @@ class ChatUpstream:
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             if reply.tool_calls:
                 message["tool_calls"] = [
-                    {"id": c.get("id", f"call_{i}"), "type": "function",
-                     "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    {
+                        "id": c.get("id", f"call_{i}"),
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": c["arguments"]},
+                    }
                     for i, c in enumerate(reply.tool_calls)
-                ]  # fmt: skip
+                ]
             handler._json(
                 200,
                 {
@@ -121,10 +128,19 @@ class ChatUpstream:
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": model,
-                    "choices": [{"index": 0, "message": message,
-                                 "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7},
-                },  # fmt: skip
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": message,
+                            "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": 7,
+                        "total_tokens": prompt_tokens + 7,
+                    },
+                },
             )
             return
         chunks = self._chunks(reply, model, prompt_tokens)
@@ -163,14 +179,30 @@ class ChatUpstream:
             args = call["arguments"]
             third = max(1, len(args) // 3)
             out.append(
-                chunk({"tool_calls": [{"index": i, "id": call.get("id", f"call_{i}_{int(time.time()*1000)}"),
-                                       "type": "function", "function": {"name": call["name"], "arguments": ""}}]})
-            )  # fmt: skip
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": call.get("id", f"call_{i}_{int(time.time() * 1000)}"),
+                                "type": "function",
+                                "function": {"name": call["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
             for start in range(0, len(args), third):
-                out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": args[start : start + third]}}]}))
+                out.append(
+                    chunk(
+                        {"tool_calls": [{"index": i, "function": {"arguments": args[start : start + third]}}]}
+                    )
+                )
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
         out.append(chunk({}, finish))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7}
-        out.append(f"data: {json.dumps({'id': 'chatcmpl-fake', 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n")
+        out.append(
+            f"data: {json.dumps({'id': 'chatcmpl-fake', 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"
+        )
         out.append("data: [DONE]\n\n")
         return out

@@ -4,7 +4,6 @@ Routes parse input (pydantic models shared with the Python API), resolve the cal
 bearer key, call one `Runtime` method and shape the result. Nothing else happens here.
 """
 
-
 import asyncio
 import json
 from collections.abc import AsyncIterator

@@ -51,6 +51,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
-        body = {"error": {"message": "The server had an error processing your request.", "type": "server_error",
-                          "param": None, "code": None}}  # fmt: skip
+        body = {
+            "error": {
+                "message": "The server had an error processing your request.",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
         return JSONResponse(body, status_code=500)

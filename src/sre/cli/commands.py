@@ -218,20 +218,13 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; turn every expected failure into one line on stderr."""
-    import click
     import sqlalchemy.exc
 
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="sre", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.ClickException as exc:
-        _say(f"error: {exc.format_message()}")
-        return exc.exit_code
-    except click.exceptions.Abort:
-        _say("aborted")
-        return 130
+        command.main(args=argv, prog_name="sre")  # usage errors are click's: usage line + one error line
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
     except (CLIError, ChatError, SREError) as exc:
         _say(f"error: {getattr(exc, 'message', None) or exc}")
         return 1

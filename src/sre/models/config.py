@@ -27,9 +27,19 @@ from sre.types.errors import ConfigError, InvalidRequest
 PROVIDERS = ("openai", "scripted")
 DEFAULT_CONTEXT_WINDOW = 128_000
 _KNOWN_KEYS = {
-    "provider", "model", "base_url", "api_key", "api_key_env", "context_window", "headers", "query",
-    "max_tokens_param", "connect_timeout", "read_timeout", "replies",
-}  # fmt: skip
+    "provider",
+    "model",
+    "base_url",
+    "api_key",
+    "api_key_env",
+    "context_window",
+    "headers",
+    "query",
+    "max_tokens_param",
+    "connect_timeout",
+    "read_timeout",
+    "replies",
+}
 
 
 def read_toml(path: str | Path | None) -> dict[str, Any]:

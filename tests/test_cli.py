@@ -1,0 +1,137 @@
+"""The `sre` command as users run it: a real process, its output, its exit status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import upstream_config
+from tests.support.server import ServerProcess
+from tests.support.upstream import ChatUpstream, Reply
+
+
+def sre(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sre", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error:"), done.stderr
+    return lines[-1]
+
+
+def test_help_lists_the_commands() -> None:
+    done = sre("--help")
+    assert done.returncode == 0
+    for command in ("serve", "chat", "keys", "db"):
+        assert command in done.stdout
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    created = sre(
+        "keys", "create", "--tenant", "acme", "--principal", "bob", "--name", "ci", "--data-dir", data
+    )
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("sre-") and "shown only once" in created.stderr
+    listed = sre("keys", "list", "--data-dir", data)
+    assert (
+        listed.returncode == 0
+        and "acme" in listed.stdout
+        and "bob" in listed.stdout
+        and "active" in listed.stdout
+    )
+    assert secret not in listed.stdout
+    key_id = listed.stdout.splitlines()[1].split()[0]
+    assert sre("keys", "revoke", key_id, "--data-dir", data).returncode == 0
+    assert "revoked" in sre("keys", "list", "--tenant", "acme", "--data-dir", data).stdout
+    assert "no tenant" in one_line_error(sre("keys", "list", "--tenant", "nobody", "--data-dir", data))
+    assert "key_nope" in one_line_error(sre("keys", "revoke", "key_nope", "--data-dir", data))
+    assert "--tenant" in sre("keys", "create", "--principal", "x", "--data-dir", data).stderr
+
+
+def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    first = sre("db", "upgrade", "--data-dir", data)
+    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0001" in first.stderr
+    again = sre("db", "upgrade", "--data-dir", data)
+    assert again.returncode == 0 and "up to date" in again.stderr
+
+
+def test_db_upgrade_on_postgresql(pg_url: str) -> None:
+    done = sre("db", "upgrade", "--database-url", pg_url)
+    assert done.returncode == 0, done.stderr
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    assert "loopback" in one_line_error(
+        sre("serve", "--no-auth", "--host", "0.0.0.0", "--data-dir", str(tmp_path))
+    )
+    assert "config file not found" in one_line_error(sre("serve", "--config", str(tmp_path / "missing.toml")))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[models.x]\nprovider = 'telepathy'\n")
+    assert "telepathy" in one_line_error(sre("serve", "--config", str(bad), "--data-dir", str(tmp_path)))
+    assert "unsupported database URL" in one_line_error(sre("db", "upgrade", "--database-url", "mysql://x/y"))
+    unreachable = "postgresql://nobody@127.0.0.1:1/nothing"
+    assert "cannot use the database" in one_line_error(sre("db", "upgrade", "--database-url", unreachable))
+    assert "cannot reach" in one_line_error(sre("chat", "--base-url", "http://127.0.0.1:1/v1", stdin=""))
+
+
+def test_first_start_prints_a_local_key_once(tmp_path: Path) -> None:
+    server = ServerProcess(data_dir=tmp_path / "data").start()
+    server.stop()
+    first = server.output()
+    assert (
+        "Created a local API key" in first
+        and "No model configured" in first
+        and "SRE_OPENAI_BASE_URL" in first
+    )
+    again = ServerProcess(data_dir=tmp_path / "data").start()
+    again.stop()
+    assert "Created a local API key" not in again.output()
+
+
+@pytest.mark.parametrize("auth", [True, False])
+def test_chat_holds_and_resumes_a_conversation(tmp_path: Path, upstream: ChatUpstream, auth: bool) -> None:
+    config = upstream_config(tmp_path / "sre.toml", upstream)
+    env: dict[str, str] = {}
+    args = ["--config", str(config)]
+    if auth:
+        key = sre("keys", "create", "--tenant", "t", "--principal", "p", "--data-dir", str(tmp_path / "data"))
+        env["SRE_API_KEY"] = key.stdout.strip()
+    else:
+        args.append("--no-auth")
+    server = ServerProcess(data_dir=tmp_path / "data", args=args).start()
+    try:
+        upstream.queue(Reply(text="Hello Ada!"), Reply(text="You are Ada."))
+        chat = sre("chat", "--base-url", server.base_url, stdin="I am Ada\n\nWho am I?\n/exit\n", env=env)
+        assert chat.returncode == 0, chat.stderr
+        assert "Hello Ada!" in chat.stdout and "You are Ada." in chat.stdout
+        conv_id = chat.stdout.split("New conversation ")[1].split()[0]
+        resumed = sre(
+            "chat", "--conversation", conv_id, "--base-url", server.base_url, stdin="and now?\n", env=env
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"Resumed conversation {conv_id}" in resumed.stdout and "user> I am Ada" in resumed.stdout
+        sent = [m["content"] for m in upstream.requests[-1]["messages"]]
+        assert sent == ["I am Ada", "Hello Ada!", "Who am I?", "You are Ada.", "and now?"]
+        missing = sre("chat", "--conversation", "conv_nope", "--base-url", server.base_url, stdin="", env=env)
+        assert "404" in one_line_error(missing)
+    finally:
+        server.stop()
