@@ -130,26 +130,38 @@ def test_streaming(harness: Harness) -> None:
     client = harness.start()
     conv = client.conversations.create()
     harness.upstream.queue(Reply(text="streamed words arrive one by one"))
-    stream = client.responses.create(input="stream please", conversation=conv.id, stream=True)
-    events = list(stream)
+    events = list(client.responses.create(input="stream please", conversation=conv.id, stream=True))
     types = [e.type for e in events]
     assert types[0] == "response.created" and types[-1] == "response.completed"
     assert [e.sequence_number for e in events] == list(range(len(events)))
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert "".join(deltas) == "streamed words arrive one by one" and len(deltas) == 6
     final = events[-1].response  # type: ignore[union-attr]
+    list(client.responses.create(input="second", conversation=conv.id, stream=True))
     client = harness.restart()
     stored = client.responses.retrieve(final.id)
     assert stored.output_text == "streamed words arrive one by one" and stored.status == "completed"
+    with client.responses.stream(model="fake", input="third", conversation=conv.id) as stream:
+        for _ in stream:
+            pass
+        third = stream.get_final_response()
+    assert third.output_text == "echo: third"
+    assert contents(harness.last_messages()) == [
+        "stream please",
+        "streamed words arrive one by one",
+        "second",
+        "echo: second",
+        "third",
+    ]
     harness.upstream.queue(Reply(text="x", cut_after_chunks=1))
     failing = list(client.responses.create(input="break", conversation=conv.id, stream=True))
     assert failing[-1].type == "response.failed"
     client.responses.create(input="after", conversation=conv.id)
-    assert contents(harness.last_messages()) == [
-        "stream please",
-        "streamed words arrive one by one",
+    assert contents(harness.last_messages())[-3:] == [
+        "third",
+        "echo: third",
         "after",
-    ]  # fmt: skip  (the failed turn left nothing behind)
+    ]  # the failed turn left nothing
 
 
 def test_function_tool_round_trip(harness: Harness) -> None:

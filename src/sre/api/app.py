@@ -7,16 +7,18 @@ bearer key, call one `Runtime` method and shape the result. Nothing else happens
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sre.api import errors
 from sre.api.limits import BodyLimit
 from sre.runtime import Runtime
-from sre.types.errors import Unauthenticated
+from sre.types.errors import SREError, Unauthenticated
 from sre.types.records import Caller
 from sre.types.requests import CreateConversation, CreateItems, CreateResponse, UpdateConversation
 
@@ -39,8 +41,17 @@ async def _sse_stream(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[by
         yield _sse(event)
 
 
-def create_app(runtime: Runtime, *, auth: bool = True) -> FastAPI:
+def create_app(runtime: Runtime, *, auth: bool = True, close_runtime: bool = False) -> FastAPI:
+    """The API over `runtime`; with `close_runtime`, the app closes it when the server stops."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_runtime:
+            await runtime.aclose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="SRE — Stateful Runtime Environment",
         version="0.1.0",
         description="OpenAI-compatible Responses and Conversations API with durable state.",
@@ -63,6 +74,16 @@ def create_app(runtime: Runtime, *, auth: bool = True) -> FastAPI:
         return await runtime.authenticate(secret.strip())
 
     Who = Annotated[Caller, Depends(caller)]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses a JSON body before it resolves dependencies: authenticate first anyway.
+        if auth:
+            try:
+                await caller(request)
+            except SREError as err:
+                return errors.error_response(err)
+        return errors.validation_response(exc)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

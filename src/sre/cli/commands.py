@@ -105,12 +105,7 @@ def serve(
             "No model configured: to use an OpenAI-compatible endpoint, restart with "
             "SRE_OPENAI_BASE_URL=http://host/v1 SRE_OPENAI_MODEL=name [SRE_OPENAI_API_KEY=…], or pass --config."
         )
-    application = create_app(runtime, auth=not no_auth)
-
-    @application.on_event("shutdown")
-    async def _close() -> None:
-        await runtime.aclose()
-
+    application = create_app(runtime, auth=not no_auth, close_runtime=True)
     _say(f"SRE listening on http://{host}:{port}/v1 (stop with Ctrl-C)")
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 

@@ -40,6 +40,11 @@ def dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def id_equals(column: sa.ColumnElement[str], value: str) -> sa.ColumnElement[bool]:
+    """`column == value`; FALSE for a value with NUL, which PostgreSQL text cannot hold (no id has one)."""
+    return sa.false() if "\x00" in value else column == value
+
+
 def conversation_from_row(row: sa.Row[Any]) -> Conversation:
     m = row._mapping
     return Conversation(
@@ -116,17 +121,18 @@ def load_conversation(
     *,
     for_update: bool = False,
     hidden_ok: bool = True,
+    param: str = "conversation_id",
 ) -> Conversation:
     query = sa.select(conversations).where(
         conversations.c.tenant_id == tenant_id,
-        conversations.c.id == conversation_id,
+        id_equals(conversations.c.id, conversation_id),
         conversations.c.deleted_at.is_(None),
     )
     if for_update and conn.dialect.name == "postgresql":
         query = query.with_for_update()
     row = conn.execute(query).first()
     if row is None or (not hidden_ok and row._mapping["hidden"]):
-        raise NotFound(f"Conversation with id '{conversation_id}' not found.", param="conversation_id")
+        raise NotFound(f"Conversation with id '{conversation_id}' not found.", param=param)
     return conversation_from_row(row)
 
 
@@ -251,7 +257,9 @@ def scan(
 def find_item(
     conn: sa.Connection, tenant_id: str, segments: list[Segment], item_id: str
 ) -> StoredItem | None:
-    row = conn.execute(sa.select(items).where(items.c.tenant_id == tenant_id, items.c.id == item_id)).first()
+    row = conn.execute(
+        sa.select(items).where(items.c.tenant_id == tenant_id, id_equals(items.c.id, item_id))
+    ).first()
     if row is None:
         return None
     found = item_from_row(row)

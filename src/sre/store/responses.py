@@ -20,6 +20,7 @@ from sre.store.conversations import (
     AnyItem,
     append_rows,
     dumps,
+    id_equals,
     insert_conversation,
     item_from_row,
     load_conversation,
@@ -95,7 +96,9 @@ class ResponseRepository:
     def get(self, tenant_id: str, response_id: str, *, param: str = "response_id") -> ResponseRecord:
         with self.db.read() as conn:
             row = conn.execute(
-                sa.select(responses).where(responses.c.tenant_id == tenant_id, responses.c.id == response_id)
+                sa.select(responses).where(
+                    responses.c.tenant_id == tenant_id, id_equals(responses.c.id, response_id)
+                )
             ).first()
         if row is None:
             raise NotFound(f"Response with id '{response_id}' not found.", param=param)
@@ -107,7 +110,9 @@ class ResponseRepository:
         """The window a new turn starts from: a conversation's newest items, or a chain's at its head."""
         with self.db.read() as conn:
             if conversation_id is not None:
-                conv = load_conversation(conn, tenant_id, conversation_id, hidden_ok=False)
+                conv = load_conversation(
+                    conn, tenant_id, conversation_id, hidden_ok=False, param="conversation"
+                )
                 return read_window(conn, conv, budget)
             if previous is not None:
                 conv = load_conversation(conn, tenant_id, previous.conversation_id)
@@ -185,7 +190,12 @@ class ResponseRepository:
         """The conversation this turn appends to, locked; a branch of a chain becomes a fork."""
         if turn.conversation_id is not None:
             return load_conversation(
-                conn, turn.tenant_id, turn.conversation_id, for_update=True, hidden_ok=False
+                conn,
+                turn.tenant_id,
+                turn.conversation_id,
+                for_update=True,
+                hidden_ok=False,
+                param="conversation",
             )
         previous = turn.previous
         if previous is None:
@@ -223,7 +233,7 @@ class ResponseRepository:
         with self.db.read() as conn:
             exists = conn.execute(
                 sa.select(responses.c.id).where(
-                    responses.c.tenant_id == tenant_id, responses.c.id == response_id
+                    responses.c.tenant_id == tenant_id, id_equals(responses.c.id, response_id)
                 )
             ).first()
             if exists is None:
@@ -236,7 +246,7 @@ class ResponseRepository:
                     sa.select(items.c.seq).where(
                         items.c.tenant_id == tenant_id,
                         items.c.response_id == response_id,
-                        items.c.id == after,
+                        id_equals(items.c.id, after),
                     )
                 ).scalar()
                 if seq is None:
@@ -249,7 +259,9 @@ class ResponseRepository:
     def delete(self, tenant_id: str, response_id: str) -> None:
         with self.db.write() as conn:
             deleted = conn.execute(
-                responses.delete().where(responses.c.tenant_id == tenant_id, responses.c.id == response_id)
+                responses.delete().where(
+                    responses.c.tenant_id == tenant_id, id_equals(responses.c.id, response_id)
+                )
             ).rowcount
         if not deleted:
             raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")

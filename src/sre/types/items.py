@@ -120,17 +120,22 @@ def _normalise(raw: object, where: str) -> dict[str, Any]:
     return item
 
 
+_TAGS = {*ITEM_TYPES, "input_text", "output_text", "input_image", "refusal"}
+
+
 def _where(prefix: str, loc: tuple[int | str, ...]) -> str:
     out = prefix
+    previous: int | str | None = None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in {"message", "function_call", "function_call_output"} or part.startswith(
+        elif (part in _TAGS and (previous is None or isinstance(previous, int))) or part.startswith(
             ("function-", "list[", "str")
         ):
-            continue  # the union's branch name, not a field
+            pass  # the union's branch name (an item's or a content part's type), not a field
         else:
             out += f".{part}"
+        previous = part
     return out
 
 
@@ -142,6 +147,8 @@ def parse_item(raw: object, where: str) -> Message | FunctionCall | FunctionCall
     except ValidationError as exc:
         err = exc.errors()[0]
         field = _where(where, tuple(err["loc"]))
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            field += "." + str((err.get("ctx") or {}).get("discriminator", "type")).strip("'")
         raise InvalidRequest(f"Invalid value for '{field}': {err['msg']}.", param=field) from None
 
 

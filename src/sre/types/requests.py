@@ -7,6 +7,7 @@ field; a few OpenAI parameters that SRE accepts but does not act on yet are list
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -115,9 +116,11 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(
-            ("function-", "constrained-", "literal[", "str", "int", "float", "bool")
-        ) or part in (
+        elif part.startswith(("function-", "constrained-", "literal[")) or part in (
+            "str",
+            "int",
+            "float",
+            "bool",
             "ConversationRef",
             "ToolChoiceFunction",
             "FunctionToolParam",
@@ -131,8 +134,20 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def pick_error(errors: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The error to report: the first, or where a union tried several branches on that field, the
+    deepest below it (the branch that matched the value's shape: `{"id": 5}` is about `id`)."""
+
+    def field(err: Mapping[str, Any]) -> str:
+        return _loc(tuple(p for p in err.get("loc", ()) if p not in ("body", "query", "path")))
+
+    first = field(errors[0])
+    below = [e for e in errors if field(e) == first or field(e).startswith((first + ".", first + "["))]
+    return max(below or errors[:1], key=lambda e: len(field(e)))
+
+
 def invalid_from_pydantic(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> InvalidRequest:
-    err = exc.errors()[0]
+    err = pick_error(exc.errors())
     loc = (
         tuple(err["loc"])[len(prefix) :] if tuple(err["loc"])[: len(prefix)] == prefix else tuple(err["loc"])
     )
@@ -147,6 +162,8 @@ def invalid_from_error(kind: str, loc: tuple[int | str, ...], msg: str, ctx: Any
     field = _loc(loc) or None
     if kind == "json_invalid":
         return InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON.")
+    if kind == "missing" and field is None:
+        return InvalidRequest("The request body is missing: send a JSON object.", code="invalid_body")
     if kind == "missing":
         return InvalidRequest(
             f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter"

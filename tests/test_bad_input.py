@@ -1,0 +1,617 @@
+"""Malformed and hostile requests against every route of the HTTP API, on both stores.
+
+Each case is one request. It must be refused with the right status and exactly OpenAI's error
+shape (`{"error": {"message", "type", "param", "code"}}`, `param` naming the offending field where
+there is one), it must not reach the model, and it must leave every table of the store exactly as
+it was. Real ids of tenant A are tried with tenant B's key: always 404, never 403.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from sre.api import create_app
+from sre.runtime import Runtime
+from sre.store.schema import ALL_TABLES
+from sre.testing import ScriptedModel
+
+MAX_BODY = 64 * 1024
+UNKNOWN = {
+    "resp": "resp_" + "0" * 32,
+    "conv": "conv_" + "0" * 32,
+    "msg": "msg_" + "0" * 32,
+}
+_UNSET: Any = object()
+
+
+# -- the world every case runs against ------------------------------------------------------------
+
+
+@dataclass
+class World:
+    runtime: Runtime
+    model: ScriptedModel
+    client: httpx.AsyncClient
+    secrets: dict[str, str]
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def headers(self, who: str) -> dict[str, str]:
+        if who == "none":
+            return {}
+        if who == "empty":
+            return {"Authorization": "Bearer "}
+        if who == "basic":
+            return {"Authorization": f"Basic {self.secrets['a']}"}
+        if who == "invalid":
+            return {"Authorization": "Bearer sre-" + "x" * 43}
+        return {"Authorization": f"Bearer {self.secrets[who]}"}
+
+
+async def _ok(client: httpx.AsyncClient, method: str, path: str, secret: str, body: Any = None) -> Any:
+    response = await client.request(method, path, headers={"Authorization": f"Bearer {secret}"}, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+async def world(store_url: str) -> AsyncIterator[World]:
+    model = ScriptedModel(["ok"])
+    runtime = Runtime.open(database_url=store_url, models=[model], env={})
+    runtime.settings.max_body_bytes = MAX_BODY
+    tag = uuid.uuid4().hex
+    _, secret_a = runtime.create_key(f"tenant-a-{tag}", "alice")
+    _, secret_b = runtime.create_key(f"tenant-b-{tag}", "bob")
+    revoked, secret_revoked = runtime.create_key(f"tenant-a-{tag}", "alice", "old")
+    runtime.store.keys.revoke_key(revoked.id)
+    app = create_app(runtime)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sre.test")
+    w = World(runtime, model, client, {"a": secret_a, "b": secret_b, "revoked": secret_revoked})
+    a, b = secret_a, secret_b
+
+    first = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    conv = await _ok(
+        client, "POST", "/v1/conversations", a, {"metadata": {"topic": "weather"}, "items": first}
+    )
+    w.ids["conv_a"] = conv["id"]
+    listed = await _ok(client, "GET", f"/v1/conversations/{conv['id']}/items?order=asc", a)
+    w.ids["item_a"] = listed["data"][0]["id"]
+    w.ids["item_a2"] = listed["data"][1]["id"]
+    turn = await _ok(client, "POST", "/v1/responses", a, {"input": "And now?", "conversation": conv["id"]})
+    w.ids["resp_conv_a"] = turn["id"]
+    chained = await _ok(client, "POST", "/v1/responses", a, {"input": "Tell me a story"})
+    w.ids["resp_a"] = chained["id"]
+    inputs = await _ok(client, "GET", f"/v1/responses/{chained['id']}/input_items", a)
+    w.ids["input_item_a"] = inputs["data"][0]["id"]
+    w.ids["hidden_a"] = runtime.store.responses.get(runtime_tenant(runtime, a), chained["id"]).conversation_id
+    other = await _ok(client, "POST", "/v1/conversations", a, {"items": [{"role": "user", "content": "x"}]})
+    w.ids["conv_a2"] = other["id"]
+    gone = await _ok(client, "POST", "/v1/conversations", a, {"items": [{"role": "user", "content": "bye"}]})
+    await _ok(client, "DELETE", f"/v1/conversations/{gone['id']}", a)
+    w.ids["conv_deleted"] = gone["id"]
+    conv_b = await _ok(client, "POST", "/v1/conversations", b, {"items": [{"role": "user", "content": "B"}]})
+    w.ids["conv_b"] = conv_b["id"]
+    w.ids.update({f"unknown_{k}": v for k, v in UNKNOWN.items()})
+    try:
+        yield w
+    finally:
+        await client.aclose()
+        await runtime.aclose()
+
+
+def runtime_tenant(runtime: Runtime, secret: str) -> str:
+    caller = runtime.store.keys.authenticate(secret)
+    assert caller is not None
+    return caller.tenant_id
+
+
+def snapshot(runtime: Runtime) -> dict[str, list[tuple[Any, ...]]]:
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with runtime.store.db.engine.connect() as conn:
+        for table in ALL_TABLES:
+            rows = conn.execute(sa.select(table).order_by(*table.primary_key.columns)).all()
+            out[table.name] = [tuple(row) for row in rows]
+    return out
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+Check = Callable[[World], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    method: str
+    path: str
+    status: int
+    param: str | None = None
+    code: Any = _UNSET  # checked when given
+    key: str = "a"
+    json: Any = _UNSET
+    content: bytes | None = None
+    chunks: tuple[bytes, ...] | None = None
+    content_type: str | None = None
+    params: dict[str, str] | None = None
+    check: Check | None = None
+
+
+def _msg(text: str = "hi", role: str = "user") -> dict[str, Any]:
+    return {"type": "message", "role": role, "content": text}
+
+
+def _cases() -> list[Case]:
+    # fmt: off
+    cases: list[Case] = []
+    add = cases.append
+
+    # Every route refuses a missing, malformed, unknown or revoked key, before looking at anything.
+    routes: list[tuple[str, str, Any]] = [
+        ("GET", "/v1/models", _UNSET),
+        ("POST", "/v1/responses", {"input": "hi"}),
+        ("GET", "/v1/responses/{resp_a}", _UNSET),
+        ("DELETE", "/v1/responses/{resp_a}", _UNSET),
+        ("GET", "/v1/responses/{resp_a}/input_items", _UNSET),
+        ("POST", "/v1/conversations", {"items": [_msg()]}),
+        ("GET", "/v1/conversations/{conv_a}", _UNSET),
+        ("POST", "/v1/conversations/{conv_a}", {"metadata": {"x": "y"}}),
+        ("DELETE", "/v1/conversations/{conv_a}", _UNSET),
+        ("POST", "/v1/conversations/{conv_a}/fork", {}),
+        ("POST", "/v1/conversations/{conv_a}/items", {"items": [_msg()]}),
+        ("GET", "/v1/conversations/{conv_a}/items", _UNSET),
+        ("GET", "/v1/conversations/{conv_a}/items/{item_a}", _UNSET),
+        ("DELETE", "/v1/conversations/{conv_a}/items/{item_a}", _UNSET),
+    ]
+    auth = {
+        "none": "missing_api_key",
+        "empty": "missing_api_key",
+        "basic": "missing_api_key",
+        "invalid": "invalid_api_key",
+        "revoked": "invalid_api_key",
+    }
+    for method, path, body in routes:
+        for who, code in auth.items():
+            add(Case(f"auth-{who}-{method}-{path}", method, path, 401, None, code, key=who, json=body))
+    # ... also when the body is bad too: authentication comes first.
+    add(Case("auth-before-validation", "POST", "/v1/responses", 401, None, "missing_api_key", key="none",
+             json={"input": 5, "temperature": 9}))
+    add(Case("auth-before-json", "POST", "/v1/responses", 401, None, "invalid_api_key", key="invalid",
+             content=b"{not json"))
+    add(Case("auth-before-404", "GET", "/v1/responses/{unknown_resp}", 401, None, "invalid_api_key",
+             key="invalid"))
+
+    # -- POST /v1/responses: the body as a whole --
+    r = "/v1/responses"
+    add(Case("resp-json-malformed", "POST", r, 400, content=b'{"input": "hi",'))
+    add(Case("resp-json-garbage", "POST", r, 400, content=b"\xff\xfe\x00garbage"))
+    add(Case("resp-json-array", "POST", r, 400, json=[{"input": "hi"}]))
+    add(Case("resp-json-string", "POST", r, 400, json="hi"))
+    add(Case("resp-json-number", "POST", r, 400, json=5))
+    add(Case("resp-json-null", "POST", r, 400, json=None))
+    add(Case("resp-body-empty", "POST", r, 400, content=b""))
+    add(Case("resp-not-json-content-type", "POST", r, 400, content=b"input=hi",
+             content_type="application/x-www-form-urlencoded"))
+    add(Case("resp-unknown-field", "POST", r, 400, "foo", "unknown_parameter", json={"input": "hi", "foo": 1}))
+    add(Case("resp-missing-input", "POST", r, 400, "input", "missing_required_parameter", json={}))
+
+    # -- POST /v1/responses: every field with a wrong type or value --
+    wrong: list[tuple[str, str, Any]] = [
+        ("model", "model", 5),
+        ("model", "model", ""),
+        ("model", "model", ["scripted"]),
+        ("model", "model", "m" * 201),
+        ("input", "input", 5),
+        ("input", "input", None),
+        ("input", "input", {"role": "user", "content": "hi"}),
+        ("input", "input", True),
+        ("instructions", "instructions", 5),
+        ("instructions", "instructions", ["be nice"]),
+        ("previous_response_id", "previous_response_id", 5),
+        ("previous_response_id", "previous_response_id", ""),
+        ("previous_response_id", "previous_response_id", "r" * 65),
+        ("conversation", "conversation", 5),
+        ("conversation", "conversation", ""),
+        ("conversation", "conversation", ["conv_x"]),
+        ("conversation", "conversation.id", {"id": 5}),
+        ("conversation", "conversation.id", {}),
+        ("conversation", "conversation.name", {"id": "conv_x", "name": "x"}),
+        ("store", "store", "true"),
+        ("store", "store", 1),
+        ("stream", "stream", "yes"),
+        ("stream", "stream", 0),
+        ("background", "background", "yes"),
+        ("temperature", "temperature", 2.5),
+        ("temperature", "temperature", -0.1),
+        ("temperature", "temperature", "hot"),
+        ("top_p", "top_p", 1.5),
+        ("top_p", "top_p", -1),
+        ("top_p", "top_p", "x"),
+        ("max_output_tokens", "max_output_tokens", 0),
+        ("max_output_tokens", "max_output_tokens", -5),
+        ("max_output_tokens", "max_output_tokens", "100"),
+        ("max_output_tokens", "max_output_tokens", 1.5),
+        ("max_output_tokens", "max_output_tokens", True),
+        ("tools", "tools", "lookup"),
+        ("tools", "tools", {"type": "function", "name": "x"}),
+        ("tools", "tools[0]", [5]),
+        ("tools", "tools[0].type", [{"type": "web_search"}]),
+        ("tools", "tools[0].type", [{"name": "lookup"}]),
+        ("tools", "tools[0].name", [{"type": "function", "name": "bad name!"}]),
+        ("tools", "tools[1].name", [{"type": "function", "name": "ok"}, {"type": "function", "name": "a/b"}]),
+        ("tools", "tools[0].name", [{"type": "function", "name": ""}]),
+        ("tools", "tools[0].name", [{"type": "function", "name": "n" * 65}]),
+        ("tools", "tools[0].name", [{"type": "function"}]),
+        ("tools", "tools[0].parameters", [{"type": "function", "name": "x", "parameters": "{}"}]),
+        ("tools", "tools[0].strict", [{"type": "function", "name": "x", "strict": "yes"}]),
+        ("tools", "tools[0].color", [{"type": "function", "name": "x", "color": "red"}]),
+        ("tool_choice", "tool_choice", "sometimes"),
+        ("tool_choice", "tool_choice", 5),
+        ("tool_choice", "tool_choice", True),
+        ("tool_choice", "tool_choice.name", {"type": "function"}),
+        ("tool_choice", "tool_choice.type", {"type": "mcp", "name": "x"}),
+        ("parallel_tool_calls", "parallel_tool_calls", "true"),
+        ("parallel_tool_calls", "parallel_tool_calls", 1),
+        ("truncation", "truncation", "sometimes"),
+        ("truncation", "truncation", 5),
+        ("metadata", "metadata", {f"k{i}": "v" for i in range(17)}),
+        ("metadata", "metadata.k", {"k": 5}),
+        ("metadata", "metadata.k", {"k": None}),
+        ("metadata", "metadata.k", {"k": "v" * 513}),
+        ("metadata", "metadata", {"k" * 65: "v"}),
+        ("metadata", "metadata", {"": "v"}),
+        ("metadata", "metadata", "k=v"),
+        ("metadata", "metadata", ["k", "v"]),
+        ("user", "user", 5),
+        ("include", "include[1]", ["a", 5]),
+        ("text", "text", "plain"),
+        ("stream_options", "stream_options", True),
+    ]
+    for name, param, value in wrong:
+        body = {"input": "hi", name: value} if name != "input" else {"input": value}
+        add(Case(f"resp-{name}={json.dumps(value)[:40]}", "POST", r, 400, param, json=body))
+
+    # -- POST /v1/responses: input items --
+    items: list[tuple[str, str, list[Any]]] = [
+        ("not-object", "input[0]", [5]),
+        ("string-item", "input[1]", [_msg(), "hello"]),
+        ("no-type", "input[0].type", [{"content": "hi"}]),
+        ("unknown-type", "input[1].type", [_msg(), {"type": "telepathy", "text": "x"}]),
+        ("type-not-string", "input[0].type", [{"type": 5}]),
+        ("bad-role", "input[0].role", [{"type": "message", "role": "wizard", "content": "hi"}]),
+        ("bad-role-implicit", "input[1].role", [_msg(), {"role": "root", "content": "hi"}]),
+        ("no-content", "input[0].content", [{"type": "message", "role": "user"}]),
+        ("content-number", "input[0].content", [{"type": "message", "role": "user", "content": 5}]),
+        ("content-part-type", "input[0].content[0].type",
+         [{"type": "message", "role": "user", "content": [{"type": "input_audio", "text": "x"}]}]),
+        ("content-part-text", "input[0].content[1].text",
+         [{"type": "message", "role": "user",
+           "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": 5}]}]),
+        ("bad-status", "input[0].status", [{"type": "message", "role": "user", "content": "x", "status": "done"}]),
+        ("fco-no-call-id", "input[0].call_id", [{"type": "function_call_output", "output": "42"}]),
+        ("fco-empty-call-id", "input[0].call_id", [{"type": "function_call_output", "call_id": "", "output": "42"}]),
+        ("fco-no-output", "input[0].output", [{"type": "function_call_output", "call_id": "call_1"}]),
+        ("fco-unmatched", "input[1].call_id",
+         [_msg(), {"type": "function_call_output", "call_id": "call_nobody_made", "output": "42"}]),
+        ("fco-before-its-call", "input[0].call_id",
+         [{"type": "function_call_output", "call_id": "call_1", "output": "42"},
+          {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}]),
+        ("fc-no-name", "input[0].name", [{"type": "function_call", "call_id": "c", "arguments": "{}"}]),
+        ("fc-arguments-object", "input[0].arguments",
+         [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {"a": 1}}]),
+    ]
+    for name, param, value in items:
+        add(Case(f"resp-item-{name}", "POST", r, 400, param, json={"input": value}))
+    add(Case("resp-fco-unmatched-in-conversation", "POST", r, 400, "input[0].call_id",
+             json={"conversation": "{conv_a}",
+                   "input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}))
+    add(Case("resp-fco-unmatched-after-previous", "POST", r, 400, "input[0].call_id",
+             json={"previous_response_id": "{resp_a}",
+                   "input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}))
+
+    # -- POST /v1/responses: semantic refusals and references --
+    add(Case("resp-unknown-model", "POST", r, 400, "model", "model_not_found", json={"input": "hi", "model": "gpt-9"}))
+    add(Case("resp-background", "POST", r, 400, "background", "unsupported_parameter",
+             json={"input": "hi", "background": True}))
+    add(Case("resp-background-stream", "POST", r, 400, "background", json={"input": "hi", "background": True,
+                                                                          "stream": True}))
+    add(Case("resp-conversation-and-previous", "POST", r, 400, "conversation",
+             json={"input": "hi", "conversation": "{conv_a}", "previous_response_id": "{resp_a}"}))
+    add(Case("resp-context-exceeded", "POST", r, 400, "input", "context_length_exceeded",
+             json={"input": "word " * 10_000}))
+    add(Case("resp-max-output-exceeds-window", "POST", r, 400, "input", "context_length_exceeded",
+             json={"input": "hi", "max_output_tokens": 100_000}))
+    refs: list[tuple[str, str, Any, str]] = [
+        ("unknown-previous", "previous_response_id", "{unknown_resp}", "a"),
+        ("unknown-previous-stream", "previous_response_id", "{unknown_resp}", "a"),
+        ("other-tenant-previous", "previous_response_id", "{resp_a}", "b"),
+        ("other-tenant-previous-stream", "previous_response_id", "{resp_a}", "b"),
+        ("nul-previous", "previous_response_id", "resp_\u0000", "a"),
+        ("unknown-conversation", "conversation", "{unknown_conv}", "a"),
+        ("unknown-conversation-ref", "conversation", {"id": "{unknown_conv}"}, "a"),
+        ("other-tenant-conversation", "conversation", "{conv_a}", "b"),
+        ("other-tenant-conversation-ref", "conversation", {"id": "{conv_a}"}, "b"),
+        ("other-tenant-conversation-stream", "conversation", "{conv_a}", "b"),
+        ("hidden-conversation", "conversation", "{hidden_a}", "a"),
+        ("deleted-conversation", "conversation", "{conv_deleted}", "a"),
+        ("nul-conversation", "conversation", "conv_\u0000", "a"),
+    ]
+    for name, param, value, who in refs:
+        body = {"input": "hi", param: value}
+        if name.endswith("-stream"):
+            body["stream"] = True
+        add(Case(f"resp-{name}", "POST", r, 404, param, "not_found", key=who, json=body))
+
+    # -- GET / DELETE /v1/responses/{id}, GET .../input_items --
+    for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/input_items")):
+        tag = f"{method}-response{suffix}"
+        add(Case(f"{tag}-unknown", method, "/v1/responses/{unknown_resp}" + suffix, 404, "response_id", "not_found"))
+        add(Case(f"{tag}-other-tenant", method, "/v1/responses/{resp_a}" + suffix, 404, "response_id",
+                 "not_found", key="b"))
+        add(Case(f"{tag}-not-a-response-id", method, "/v1/responses/{conv_a}" + suffix, 404, "response_id"))
+        add(Case(f"{tag}-nul", method, "/v1/responses/resp_%00" + suffix, 404, "response_id"))
+        add(Case(f"{tag}-long", method, "/v1/responses/" + "r" * 300 + suffix, 404, "response_id"))
+    ii = "/v1/responses/{resp_a}/input_items"
+    for name, params, param, status in (
+        ("limit-0", {"limit": "0"}, "limit", 400),
+        ("limit-101", {"limit": "101"}, "limit", 400),
+        ("limit-abc", {"limit": "abc"}, "limit", 400),
+        ("limit-negative", {"limit": "-1"}, "limit", 400),
+        ("limit-float", {"limit": "1.5"}, "limit", 400),
+        ("order-sideways", {"order": "sideways"}, "order", 400),
+        ("after-unknown", {"after": UNKNOWN["msg"]}, "after", 400),
+        ("after-other-response", {"after": "{item_a}"}, "after", 400),
+        ("after-long", {"after": "m" * 65}, "after", 400),
+        ("after-nul", {"after": "msg_\u0000"}, "after", 400),
+    ):
+        add(Case(f"input-items-{name}", "GET", ii, status, param, params=params))
+
+    # -- POST /v1/conversations --
+    c = "/v1/conversations"
+    add(Case("conv-create-json-malformed", "POST", c, 400, content=b"{"))
+    add(Case("conv-create-json-array", "POST", c, 400, json=[]))
+    add(Case("conv-create-json-string", "POST", c, 400, json="conversation"))
+    add(Case("conv-create-unknown-field", "POST", c, 400, "title", "unknown_parameter", json={"title": "x"}))
+    add(Case("conv-create-21-items", "POST", c, 400, "items", json={"items": [_msg()] * 21}))
+    add(Case("conv-create-items-string", "POST", c, 400, "items", json={"items": "hi"}))
+    add(Case("conv-create-items-object", "POST", c, 400, "items", json={"items": _msg()}))
+    add(Case("conv-create-item-not-object", "POST", c, 400, "items[1]", json={"items": [_msg(), 5]}))
+    add(Case("conv-create-item-unknown-type", "POST", c, 400, "items[1].type",
+             json={"items": [_msg(), {"type": "telepathy"}]}))
+    add(Case("conv-create-item-bad-role", "POST", c, 400, "items[0].role", json={"items": [_msg(role="god")]}))
+    add(Case("conv-create-item-fco-no-call-id", "POST", c, 400, "items[0].call_id",
+             json={"items": [{"type": "function_call_output", "output": "x"}]}))
+    add(Case("conv-create-metadata-17", "POST", c, 400, "metadata",
+             json={"metadata": {f"k{i}": "v" for i in range(17)}}))
+    add(Case("conv-create-metadata-number", "POST", c, 400, "metadata.n", json={"metadata": {"n": 1}}))
+    add(Case("conv-create-metadata-long-key", "POST", c, 400, "metadata", json={"metadata": {"k" * 65: "v"}}))
+    add(Case("conv-create-metadata-long-value", "POST", c, 400, "metadata.k", json={"metadata": {"k": "v" * 513}}))
+    add(Case("conv-create-metadata-string", "POST", c, 400, "metadata", json={"metadata": "x"}))
+
+    # -- GET / POST (update) / DELETE /v1/conversations/{id} --
+    missing_conv = [
+        ("unknown", "{unknown_conv}", "a"),
+        ("other-tenant", "{conv_a}", "b"),
+        ("hidden", "{hidden_a}", "a"),
+        ("deleted", "{conv_deleted}", "a"),
+        ("response-id", "{resp_a}", "a"),
+        ("nul", "conv_%00", "a"),
+        ("long", "c" * 300, "a"),
+    ]
+    for name, cid, who in missing_conv:
+        base = f"/v1/conversations/{cid}"
+        add(Case(f"conv-get-{name}", "GET", base, 404, "conversation_id", "not_found", key=who))
+        add(Case(f"conv-update-{name}", "POST", base, 404, "conversation_id", "not_found", key=who,
+                 json={"metadata": {"x": "y"}}))
+        add(Case(f"conv-delete-{name}", "DELETE", base, 404, "conversation_id", "not_found", key=who,
+                 check=_conv_a_intact))
+        add(Case(f"conv-fork-{name}", "POST", base + "/fork", 404, "conversation_id", "not_found", key=who))
+        add(Case(f"items-create-{name}", "POST", base + "/items", 404, "conversation_id", "not_found", key=who,
+                 json={"items": [_msg()]}))
+        add(Case(f"items-list-{name}", "GET", base + "/items", 404, "conversation_id", "not_found", key=who))
+        add(Case(f"item-get-conv-{name}", "GET", base + "/items/{item_a}", 404, "conversation_id", "not_found",
+                 key=who))
+        add(Case(f"item-delete-conv-{name}", "DELETE", base + "/items/{item_a}", 404, "conversation_id",
+                 "not_found", key=who, check=_conv_a_intact))
+    ca = "/v1/conversations/{conv_a}"
+    add(Case("conv-update-no-metadata", "POST", ca, 400, "metadata", "missing_required_parameter", json={}))
+    add(Case("conv-update-no-body", "POST", ca, 400, content=b""))
+    add(Case("conv-update-json-malformed", "POST", ca, 400, content=b'{"metadata": {'))
+    add(Case("conv-update-json-array", "POST", ca, 400, json=[{"metadata": {}}]))
+    add(Case("conv-update-unknown-field", "POST", ca, 400, "items", "unknown_parameter",
+             json={"metadata": {}, "items": []}))
+    add(Case("conv-update-metadata-string", "POST", ca, 400, "metadata", json={"metadata": "x"}))
+    add(Case("conv-update-metadata-17", "POST", ca, 400, "metadata",
+             json={"metadata": {f"k{i}": "v" for i in range(17)}}))
+    add(Case("conv-update-metadata-bool", "POST", ca, 400, "metadata.flag", json={"metadata": {"flag": True}}))
+    add(Case("conv-update-metadata-long-key", "POST", ca, 400, "metadata", json={"metadata": {"k" * 65: "v"}}))
+
+    # -- POST /v1/conversations/{id}/fork --
+    fk = ca + "/fork"
+    add(Case("fork-json-malformed", "POST", fk, 400, content=b"{{"))
+    add(Case("fork-json-array", "POST", fk, 400, json=["{item_a}"]))
+    add(Case("fork-unknown-field", "POST", fk, 400, "at", "unknown_parameter", json={"at": "{item_a}"}))
+    add(Case("fork-item-id-number", "POST", fk, 400, "item_id", json={"item_id": 5}))
+    add(Case("fork-item-id-empty", "POST", fk, 400, "item_id", json={"item_id": ""}))
+    add(Case("fork-item-id-long", "POST", fk, 400, "item_id", json={"item_id": "i" * 65}))
+    add(Case("fork-item-unknown", "POST", fk, 404, "item_id", "not_found", json={"item_id": UNKNOWN["msg"]}))
+    add(Case("fork-item-of-other-conversation", "POST", "/v1/conversations/{conv_a2}/fork", 404, "item_id",
+             "not_found", json={"item_id": "{item_a}"}))
+    add(Case("fork-item-other-tenant", "POST", "/v1/conversations/{conv_b}/fork", 404, "item_id",
+             "not_found", key="b", json={"item_id": "{item_a}"}))
+
+    # -- POST /v1/conversations/{id}/items --
+    ci = ca + "/items"
+    add(Case("items-create-empty", "POST", ci, 400, "items", json={"items": []}))
+    add(Case("items-create-missing", "POST", ci, 400, "items", "missing_required_parameter", json={}))
+    add(Case("items-create-no-body", "POST", ci, 400, content=b""))
+    add(Case("items-create-json-malformed", "POST", ci, 400, content=b'{"items": [}'))
+    add(Case("items-create-json-array", "POST", ci, 400, json=[_msg()]))
+    add(Case("items-create-string", "POST", ci, 400, "items", json={"items": "hi"}))
+    add(Case("items-create-21", "POST", ci, 400, "items", json={"items": [_msg()] * 21}))
+    add(Case("items-create-not-object", "POST", ci, 400, "items[0]", json={"items": [5]}))
+    add(Case("items-create-unknown-type", "POST", ci, 400, "items[1].type",
+             json={"items": [_msg(), {"type": "reasoning", "summary": []}]}))
+    add(Case("items-create-bad-role", "POST", ci, 400, "items[0].role", json={"items": [_msg(role="tool")]}))
+    add(Case("items-create-no-content", "POST", ci, 400, "items[0].content", json={"items": [{"role": "user"}]}))
+    add(Case("items-create-fco-no-call-id", "POST", ci, 400, "items[2].call_id",
+             json={"items": [_msg(), _msg(), {"type": "function_call_output", "output": "x"}]}))
+    add(Case("items-create-unknown-field", "POST", ci, 400, "conversation", "unknown_parameter",
+             json={"items": [_msg()], "conversation": "x"}))
+
+    # -- GET /v1/conversations/{id}/items --
+    for name, params, param in (
+        ("limit-0", {"limit": "0"}, "limit"),
+        ("limit-101", {"limit": "101"}, "limit"),
+        ("limit-abc", {"limit": "abc"}, "limit"),
+        ("limit-empty", {"limit": ""}, "limit"),
+        ("order-sideways", {"order": "sideways"}, "order"),
+        ("order-upper", {"order": "ASC"}, "order"),
+        ("after-unknown", {"after": UNKNOWN["msg"]}, "after"),
+        ("after-other-conversation", {"after": "{item_a}"}, "after"),
+        ("after-long", {"after": "m" * 65}, "after"),
+        ("after-nul", {"after": "msg_\u0000"}, "after"),
+    ):
+        path = "/v1/conversations/{conv_a2}/items" if name == "after-other-conversation" else ci
+        add(Case(f"items-list-{name}", "GET", path, 400, param, params=params))
+
+    # -- GET / DELETE /v1/conversations/{id}/items/{item_id} --
+    for method in ("GET", "DELETE"):
+        tag = f"item-{method.lower()}-in-conv-a"
+        add(Case(f"{tag}-unknown", method, ci + "/{unknown_msg}", 404, "item_id", "not_found"))
+        add(Case(f"{tag}-of-other-conversation", method, "/v1/conversations/{conv_a2}/items/{item_a}", 404,
+                 "item_id", "not_found", check=_conv_a_intact))
+        add(Case(f"{tag}-of-response-chain", method, ci + "/{input_item_a}", 404, "item_id", "not_found"))
+        add(Case(f"{tag}-other-tenant", method, "/v1/conversations/{conv_b}/items/{item_a}", 404, "item_id",
+                 "not_found", key="b", check=_conv_a_intact))
+        add(Case(f"{tag}-nul", method, ci + "/msg_%00", 404, "item_id", "not_found"))
+        add(Case(f"{tag}-long", method, ci + "/" + "m" * 300, 404, "item_id", "not_found"))
+
+    # -- bodies over the limit: 413, with a length or streamed without one --
+    big = {"input": "x" * (MAX_BODY + 1)}
+    add(Case("resp-too-large", "POST", r, 413, None, "request_too_large", json=big))
+    add(Case("resp-too-large-chunked", "POST", r, 413, None, "request_too_large",
+             chunks=tuple([b'{"input": "'] + [b"x" * 8192] * 9 + [b'"}'])))
+    add(Case("resp-too-large-no-key", "POST", r, 413, None, "request_too_large", key="none", json=big))
+    add(Case("conv-create-too-large", "POST", c, 413, None, "request_too_large",
+             json={"items": [_msg("y" * (MAX_BODY + 1))]}))
+    add(Case("conv-update-too-large", "POST", ca, 413, None, "request_too_large",
+             chunks=tuple([b'{"metadata": {"k": "'] + [b"v" * 4096] * 17 + [b'"}}'])))
+    add(Case("items-create-too-large", "POST", ci, 413, None, "request_too_large",
+             json={"items": [_msg("z" * (MAX_BODY + 1))]}))
+    add(Case("fork-too-large", "POST", fk, 413, None, "request_too_large", json={"item_id": "i" * (MAX_BODY + 1)}))
+
+    # -- unknown routes and wrong methods, in the same shape --
+    for method, path, status in (
+        ("GET", "/v1/nope", 404),
+        ("GET", "/v2/responses", 404),
+        ("POST", "/v1/chat/completions", 404),
+        ("GET", "/v1/responses/{resp_a}/output_items", 404),
+        ("GET", "/v1/conversations/{conv_a}/items/{item_a}/content", 404),
+        ("GET", "/", 404),
+        ("POST", "/v1/models", 405),
+        ("GET", "/v1/responses", 405),
+        ("PUT", "/v1/responses", 405),
+        ("PATCH", "/v1/conversations/{conv_a}", 405),
+        ("GET", "/v1/conversations", 405),
+        ("PUT", "/v1/conversations/{conv_a}/items", 405),
+        ("POST", "/v1/responses/{resp_a}", 405),
+        ("DELETE", "/v1/conversations/{conv_a}/fork", 405),
+    ):
+        add(Case(f"route-{status}-{method}-{path}", method, path, status, None, None))
+        add(Case(f"route-{status}-{method}-{path}-no-key", method, path, status, None, None, key="none"))
+
+    return cases
+    # fmt: on
+
+
+async def _conv_a_intact(w: World) -> None:
+    """Tenant A's conversation and items are still there, for A."""
+    a = w.secrets["a"]
+    conv = await _ok(w.client, "GET", f"/v1/conversations/{w.ids['conv_a']}", a)
+    assert conv["metadata"] == {"topic": "weather"}
+    listed = await _ok(w.client, "GET", f"/v1/conversations/{w.ids['conv_a']}/items?order=asc", a)
+    assert [i["id"] for i in listed["data"]][:2] == [w.ids["item_a"], w.ids["item_a2"]]
+    assert len(listed["data"]) == 4
+    item = await _ok(w.client, "GET", f"/v1/conversations/{w.ids['conv_a']}/items/{w.ids['item_a']}", a)
+    assert item["content"][0]["text"] == "Hi"
+
+
+CASES = _cases()
+assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"
+
+
+def _fill(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, str) and "{" in value:
+        for name, real in ids.items():
+            value = value.replace("{" + name + "}", real)
+        return value
+    if isinstance(value, dict):
+        return {_fill(k, ids): _fill(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, ids) for v in value]
+    return value
+
+
+async def _send(w: World, case: Case) -> httpx.Response:
+    headers = w.headers(case.key)
+    kwargs: dict[str, Any] = {}
+    if case.chunks is not None:
+        chunks = case.chunks
+
+        async def stream() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        kwargs["content"] = stream()
+        headers["Content-Type"] = "application/json"
+    elif case.content is not None:
+        kwargs["content"] = case.content
+        headers["Content-Type"] = case.content_type or "application/json"
+    elif case.json is not _UNSET:
+        kwargs["content"] = json.dumps(_fill(case.json, w.ids)).encode()
+        headers["Content-Type"] = case.content_type or "application/json"
+    params = None if case.params is None else _fill(case.params, w.ids)
+    return await w.client.request(
+        case.method, _fill(case.path, w.ids), headers=headers, params=params, **kwargs
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+async def test_bad_input(world: World, case: Case) -> None:
+    before = snapshot(world.runtime)
+    calls = len(world.model.requests)
+
+    response = await _send(world, case)
+
+    assert response.status_code == case.status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"], body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"].strip(), error
+    assert "'None'" not in error["message"], error
+    assert "Traceback" not in error["message"] and "sqlalchemy" not in error["message"].lower(), error
+    expected_type = "authentication_error" if case.status == 401 else "invalid_request_error"
+    assert error["type"] == expected_type, error
+    assert error["param"] == case.param, error
+    assert error["code"] is None or isinstance(error["code"], str), error
+    if case.code is not _UNSET:
+        assert error["code"] == case.code, error
+    if case.status == 401:
+        assert response.headers.get("www-authenticate") == "Bearer"
+    if case.status == 405:
+        assert response.headers.get("allow"), "a 405 names the allowed methods"
+
+    assert len(world.model.requests) == calls, "a refused request must not reach the model"
+    assert snapshot(world.runtime) == before, "a refused request must not change the store"
+    if case.check is not None:
+        await case.check(world)
