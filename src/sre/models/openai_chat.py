@@ -27,7 +27,7 @@ from sre.models.base import (
     Usage,
 )
 from sre.models.guard import check_allowed
-from sre.types.errors import InvalidRequest, ModelError, RateLimited
+from sre.models.upstream import cut_short, malformed, status_error, transport_error
 from sre.types.items import FunctionCall, FunctionCallOutput, InputImage, Message
 
 _FINISH: dict[str, FinishReason] = {
@@ -95,16 +95,6 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
     return choice
 
 
-def _upstream_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            return str(body["error"].get("message", ""))[:500]
-        return json.dumps(body)[:500]
-    except ValueError:
-        return response.text[:500]
-
-
 class OpenAIChatModel(ChatModel):
     def __init__(self, info: ModelInfo) -> None:
         super().__init__(info)
@@ -157,30 +147,11 @@ class OpenAIChatModel(ChatModel):
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise self._error(response)
+                    raise status_error(self.name, response)
                 async for event in self._events(response):
                     yield event
-        except httpx.TimeoutException as exc:
-            raise ModelError(
-                f"model '{self.name}' timed out: {type(exc).__name__}", code="model_timeout"
-            ) from None
         except httpx.HTTPError as exc:
-            raise ModelError(
-                f"could not reach model '{self.name}': {exc}", code="model_unreachable"
-            ) from None
-
-    def _error(self, response: httpx.Response) -> Exception:
-        detail = _upstream_message(response)
-        status = response.status_code
-        if status == 429:
-            return RateLimited(
-                f"model '{self.name}' is rate limited upstream: {detail}", code="upstream_rate_limited"
-            )
-        if status == 400:
-            return InvalidRequest(
-                f"model '{self.name}' rejected the request: {detail}", code="upstream_bad_request"
-            )
-        return ModelError(f"model '{self.name}' failed with HTTP {status}: {detail}", code="upstream_error")
+            raise transport_error(self.name, exc) from None
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
         finish: FinishReason | None = None
@@ -195,9 +166,7 @@ class OpenAIChatModel(ChatModel):
                 if not isinstance(chunk, dict):
                     raise ValueError("chunk is not an object")
             except ValueError:
-                raise ModelError(
-                    f"model '{self.name}' sent a malformed chunk", code="upstream_malformed"
-                ) from None
+                raise malformed(self.name) from None
             usage = chunk.get("usage")
             if isinstance(usage, dict):
                 details = usage.get("prompt_tokens_details") or {}
@@ -221,9 +190,7 @@ class OpenAIChatModel(ChatModel):
                 if choice.get("finish_reason"):
                     finish = _FINISH.get(str(choice["finish_reason"]), "stop")
         if finish is None:
-            raise ModelError(
-                f"model '{self.name}' ended its stream without finishing", code="upstream_incomplete"
-            )
+            raise cut_short(self.name)
         yield Finish(finish)
 
     async def aclose(self) -> None:

@@ -14,11 +14,22 @@ class SREError(Exception):
     status_code = 500
     error_type = "server_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        # For failures of an upstream model: may the same call succeed if tried again, and when.
+        self.retryable = retryable
+        self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, object]:
         return {
