@@ -152,7 +152,14 @@ async def test_health_models_and_openapi(api: Api) -> None:
     assert (await api.client.get("/readyz")).json() == {"status": "ready"}
     models = await api.ok("GET", "/v1/models")
     assert models["data"] == [
-        {"id": "small", "object": "model", "created": 0, "owned_by": "scripted", "context_window": 600}
+        {
+            "id": "small",
+            "object": "model",
+            "created": 0,
+            "owned_by": "scripted",
+            "context_window": 600,
+            "pricing": None,
+        }
     ]
     spec = (await api.client.get("/openapi.json")).json()
     for path in (

@@ -20,7 +20,13 @@ from sre.api.limits import BodyLimit
 from sre.runtime import Runtime
 from sre.types.errors import SREError, Unauthenticated
 from sre.types.records import Caller
-from sre.types.requests import CreateConversation, CreateItems, CreateResponse, UpdateConversation
+from sre.types.requests import (
+    CountInputTokens,
+    CreateConversation,
+    CreateItems,
+    CreateResponse,
+    UpdateConversation,
+)
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[str, Query(pattern="^(asc|desc)$")]
@@ -113,6 +119,18 @@ def create_app(runtime: Runtime, *, auth: bool = True, close_runtime: bool = Fal
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         return JSONResponse(await runtime.create_response(who, body))
+
+    @app.post("/v1/responses/input_tokens", tags=["responses"])
+    async def count_input_tokens(body: CountInputTokens, who: Who) -> dict[str, Any]:
+        return await runtime.count_input_tokens(who, body)
+
+    @app.get("/v1/usage", tags=["usage"])
+    async def usage(
+        who: Who,
+        start_time: Annotated[int | None, Query(ge=0)] = None,
+        end_time: Annotated[int | None, Query(ge=0)] = None,
+    ) -> dict[str, Any]:
+        return await runtime.usage(who, start=start_time, end=end_time)
 
     @app.get("/v1/responses/{response_id}", tags=["responses"])
     async def get_response(response_id: str, who: Who) -> dict[str, Any]:

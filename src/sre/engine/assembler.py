@@ -174,6 +174,13 @@ class Assembler:
             )
         return out
 
+    def output_text(self) -> str:
+        """Everything the model produced, as text: what its output tokens were spent on."""
+        return "".join(
+            "".join(entry.parts) if isinstance(entry, _Text) else entry.name + "".join(entry.arguments)
+            for entry in self.outputs
+        )
+
     def items(self) -> list[Message | FunctionCall]:
         """The output as validated items, ids included, ready to store."""
         out: list[Message | FunctionCall] = []

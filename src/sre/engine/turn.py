@@ -262,18 +262,27 @@ class TurnEngine:
         if error is not None and not events:
             queue.put_nowait(error)
 
+    @staticmethod
+    def _usage(turn: PreparedTurn, assembler: Assembler) -> tuple[int, int, int, bool]:
+        """Input, cached and output tokens, and whether they are exact: the upstream's report if it
+        sent one, else the model's tokenizer, else an estimate."""
+        usage = assembler.usage
+        if usage is not None:
+            return usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.exact
+        counted = turn.model.count_tokens(turn.model_request)
+        tokenizer = turn.model.tokenizer()
+        text = assembler.output_text()
+        output = tokenizer.count(text) if tokenizer is not None else (len(text) + 3) // 4
+        return counted.tokens, 0, output, counted.exact
+
     def _commit(
         self, turn: PreparedTurn, assembler: Assembler, status: str, error: SREError | None, latency_ms: float
     ) -> dict[str, Any]:
-        usage = assembler.usage
-        input_tokens = (
-            usage.input_tokens
-            if usage
-            else turn.window.tokens + sum(estimate_tokens(i) for i in turn.input_items)
-        )
-        output_tokens = usage.output_tokens if usage else (assembler.output_chars + 3) // 4
+        input_tokens, cached_tokens, output_tokens, exact = self._usage(turn, assembler)
+        pricing = turn.model.info.pricing
+        cost = None if pricing is None else pricing.cost(input_tokens, output_tokens, cached_tokens)
         body = dict(turn.body)
-        body["usage"] = usage_object(input_tokens, output_tokens, usage.cached_tokens if usage else 0)
+        body["usage"] = usage_object(input_tokens, output_tokens, cached_tokens)
         if status == "incomplete" and assembler.finish is not None:
             reason = "max_output_tokens" if assembler.finish.reason == "length" else "content_filter"
             body["incomplete_details"] = {"reason": reason}
@@ -291,6 +300,9 @@ class TurnEngine:
             status=status,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
+            tokens_exact=exact,
+            cost_usd=cost,
             latency_ms=latency_ms,
             manifest={
                 "window": {

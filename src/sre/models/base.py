@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sre.models.tokens import TextTokenizer, TokenCount, count_chat_tokens
 from sre.types.items import FunctionCall, FunctionCallOutput, Message
 
 AnyItem = Message | FunctionCall | FunctionCallOutput
@@ -58,6 +59,7 @@ class Usage:
     input_tokens: int
     output_tokens: int
     cached_tokens: int = 0
+    exact: bool = True  # reported by the upstream or counted by the model's tokenizer
     type: Literal["usage"] = "usage"
 
 
@@ -73,6 +75,20 @@ class Finish:
 ModelEvent = TextDelta | ToolCallDelta | Usage | Finish
 
 
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """US dollars per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None  # defaults to the input price
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        uncached = max(0, input_tokens - cached_tokens)
+        return (uncached * self.input + cached_tokens * cached_price + output_tokens * self.output) / 1e6
+
+
 @dataclass(slots=True)
 class ModelInfo:
     name: str  # what requests call it
@@ -80,6 +96,7 @@ class ModelInfo:
     upstream_model: str  # what the provider calls it
     context_window: int
     options: dict[str, Any] = field(default_factory=dict)
+    pricing: Pricing | None = None  # None: unknown, cost is not computed
 
 
 class ChatModel(ABC):
@@ -96,5 +113,20 @@ class ChatModel(ABC):
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         """Yield text and tool-call deltas, then usage (if known), then exactly one `Finish`."""
 
+    def count_tokens(self, request: ModelRequest) -> TokenCount:
+        """The request's input tokens: exact where the provider knows its tokenizer, else estimated."""
+        return count_chat_tokens(self.tokenizer(), request.instructions, request.items, _tool_dicts(request))
+
+    def tokenizer(self) -> TextTokenizer | None:
+        """The model's own tokenizer, if it is available offline."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional for providers without connections
         """Release connections; called once when the runtime closes."""
+
+
+def _tool_dicts(request: ModelRequest) -> list[dict[str, Any]]:
+    return [
+        {"name": t.name, "description": t.description or "", "parameters": t.parameters or {}}
+        for t in request.tools
+    ]

@@ -6,7 +6,10 @@
     model = "gpt-4o-mini"          # the upstream's name; defaults to the section name
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY" # or api_key = "..."
-    context_window = 128000
+    context_window = 128000         # known models: taken from sre.models.catalog
+    retries = 2                     # on 429, 5xx and dropped connections, before any output
+    fallbacks = ["other-model"]     # tried in order when this one fails before any output
+    input_price = 0.15              # USD per million tokens (also cached_input_price, output_price)
 
 `SRE_MODELS__<NAME>__<KEY>=value` overrides one key of one model (and can define a model),
 `SRE_DEFAULT_MODEL` names the default, and `SRE_OPENAI_BASE_URL` with `SRE_OPENAI_MODEL` defines
@@ -21,7 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sre.models.base import ChatModel, ModelInfo
+from sre.models.base import ChatModel, ModelInfo, Pricing
+from sre.models.catalog import KnownModel, lookup
+from sre.models.resilience import FallbackModel, RetryingModel
 from sre.types.errors import ConfigError, InvalidRequest
 
 PROVIDERS = ("openai", "scripted")
@@ -39,7 +44,21 @@ _KNOWN_KEYS = {
     "connect_timeout",
     "read_timeout",
     "replies",
+    "retries",
+    "retry_max_delay",
+    "fallbacks",
+    "input_price",
+    "cached_input_price",
+    "output_price",
 }
+_FLOAT_KEYS = (
+    "connect_timeout",
+    "read_timeout",
+    "retry_max_delay",
+    "input_price",
+    "cached_input_price",
+    "output_price",
+)
 
 
 def read_toml(path: str | Path | None) -> dict[str, Any]:
@@ -56,16 +75,32 @@ def read_toml(path: str | Path | None) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: str) -> Any:
-    if key in ("context_window",):
-        try:
+    try:
+        if key in ("context_window", "retries"):
             return int(value)
-        except ValueError:
-            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
-    if key in ("connect_timeout", "read_timeout"):
-        return float(value)
+        if key in _FLOAT_KEYS:
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
     if key == "replies":
         return value.split("|")
+    if key == "fallbacks":
+        return [name.strip() for name in value.split(",") if name.strip()]
     return value
+
+
+def _pricing(name: str, section: Mapping[str, Any], known: KnownModel | None) -> Pricing | None:
+    prices = {k: section[k] for k in ("input_price", "cached_input_price", "output_price") if k in section}
+    for key, value in prices.items():
+        if not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"[models.{name}] {key} must be a non-negative number (USD per million tokens)")
+    if "input_price" in prices or "output_price" in prices:
+        return Pricing(
+            input=float(prices.get("input_price", 0.0)),
+            output=float(prices.get("output_price", 0.0)),
+            cached_input=None if "cached_input_price" not in prices else float(prices["cached_input_price"]),
+        )
+    return None if known is None else known.pricing
 
 
 def model_infos(config: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict[str, ModelInfo], str | None]:
@@ -102,16 +137,32 @@ def model_infos(config: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict
             )
         if section.get("api_key_env") and not section.get("api_key"):
             section["api_key"] = env.get(str(section["api_key_env"]))
-        window = section.get("context_window", DEFAULT_CONTEXT_WINDOW)
+        upstream = str(section.get("model", name))
+        known = lookup(upstream)
+        window = section.get("context_window", known.context_window if known else DEFAULT_CONTEXT_WINDOW)
         if not isinstance(window, int) or window < 256:
             raise ConfigError(f"[models.{name}] context_window must be an integer of at least 256")
+        retries = section.get("retries", 0 if provider == "scripted" else 2)
+        if not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise ConfigError(f"[models.{name}] retries must be an integer from 0 to 10")
+        section["retries"] = retries
+        fallbacks = section.get("fallbacks", [])
+        if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
+            raise ConfigError(f"[models.{name}] fallbacks must be a list of model names")
         infos[name] = ModelInfo(
             name=name,
             provider=provider,
-            upstream_model=str(section.get("model", name)),
+            upstream_model=upstream,
             context_window=window,
             options={k: v for k, v in section.items() if k not in ("provider", "model", "context_window")},
+            pricing=_pricing(name, section, known),
         )
+    for name, info in infos.items():
+        for other in info.options.get("fallbacks", []):
+            if other not in infos or other == name:
+                raise ConfigError(
+                    f"[models.{name}] falls back to {other!r}, which is not another configured model"
+                )
     default = env.get("SRE_DEFAULT_MODEL") or config.get("default_model")
     if default is not None and default not in infos:
         raise ConfigError(f"default model {default!r} is not configured")
@@ -139,8 +190,21 @@ class ModelRegistry:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ModelRegistry:
+        """Build every configured model, each wrapped in its retries, then in its fallback chain."""
         infos, default = model_infos(config, os.environ if env is None else env)
-        return cls({name: build_model(info) for name, info in infos.items()}, default)
+        single: dict[str, ChatModel] = {}
+        for name, info in infos.items():
+            model = build_model(info)
+            retries = int(info.options.get("retries", 0))
+            if retries:
+                max_delay = float(info.options.get("retry_max_delay", 20.0))
+                model = RetryingModel(model, max_retries=retries, max_delay=max_delay)
+            single[name] = model
+        chained: dict[str, ChatModel] = {}
+        for name, model in single.items():
+            fallbacks = infos[name].options.get("fallbacks", [])
+            chained[name] = FallbackModel([model, *(single[f] for f in fallbacks)]) if fallbacks else model
+        return cls(chained, default)
 
     def add(self, model: ChatModel, *, default: bool = False) -> None:
         self.models[model.name] = model

@@ -27,6 +27,7 @@ from sre.models.base import (
     Usage,
 )
 from sre.models.guard import check_allowed
+from sre.models.tokens import TextTokenizer, encoding_for, tiktoken_tokenizer
 from sre.models.upstream import cut_short, malformed, status_error, transport_error
 from sre.types.items import FunctionCall, FunctionCallOutput, InputImage, Message
 
@@ -108,6 +109,10 @@ class OpenAIChatModel(ChatModel):
             float(opts.get("read_timeout", 300.0)), connect=float(opts.get("connect_timeout", 10.0))
         )
         self._client: httpx.AsyncClient | None = None
+
+    def tokenizer(self) -> TextTokenizer | None:
+        encoding = encoding_for(self.info.upstream_model)
+        return None if encoding is None else tiktoken_tokenizer(encoding)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -49,7 +49,7 @@ async def reply_events(
         for start in range(0, len(words), chunk_words):
             piece = " ".join(words[start : start + chunk_words])
             yield TextDelta(piece if start == 0 else " " + piece)
-        yield Usage(input_tokens=input_tokens, output_tokens=max(1, len(reply) // 4))
+        yield Usage(input_tokens=input_tokens, output_tokens=max(1, len(reply) // 4), exact=False)
         yield Finish("stop")
         return
     calls = [reply] if isinstance(reply, ScriptedToolCall) else list(reply)
@@ -60,7 +60,7 @@ async def reply_events(
             index=index, call_id=call.call_id or new_id("call"), name=call.name, arguments=arguments[:half]
         )
         yield ToolCallDelta(index=index, arguments=arguments[half:])
-    yield Usage(input_tokens=input_tokens, output_tokens=8 * len(calls))
+    yield Usage(input_tokens=input_tokens, output_tokens=8 * len(calls), exact=False)
     yield Finish("tool_calls")
 
 

@@ -8,6 +8,7 @@ event loop. No business rule lives outside this facade and the layers beneath it
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from sre.types.errors import InvalidRequest, Unauthenticated
 from sre.types.items import parse_input_items
 from sre.types.records import ApiKey, Caller
 from sre.types.requests import (
+    CountInputTokens,
     CreateConversation,
     CreateItems,
     CreateResponse,
@@ -127,6 +129,23 @@ class Runtime:
         """Validate and read now (errors raise here), then return the turn's event stream."""
         turn = await self.turns.prepare(caller, _coerce(CreateResponse, request))
         return self.turns.stream(turn)
+
+    async def count_input_tokens(
+        self, caller: Caller, request: CountInputTokens | Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The input tokens `create_response` would send for this request, without calling the model."""
+        turn = await self.turns.prepare(caller, _coerce(CountInputTokens, request).as_response_request())
+        counted = await asyncio.to_thread(turn.model.count_tokens, turn.model_request)
+        return {"object": "response.input_tokens", "input_tokens": counted.tokens, "exact": counted.exact}
+
+    async def usage(
+        self, caller: Caller, *, start: int | None = None, end: int | None = None
+    ) -> dict[str, Any]:
+        """The caller's tenant's model usage by principal, model and day (UTC)."""
+        if start is not None and end is not None and end <= start:
+            raise InvalidRequest("'end_time' must be after 'start_time'.", param="end_time")
+        rows = await asyncio.to_thread(self.store.responses.usage, caller.tenant_id, start=start, end=end)
+        return {"object": "list", "data": [{"object": "usage.bucket", **dataclasses.asdict(r)} for r in rows]}
 
     async def get_response(self, caller: Caller, response_id: str) -> dict[str, Any]:
         def read() -> dict[str, Any]:
@@ -245,6 +264,14 @@ class Runtime:
                 "created": 0,
                 "owned_by": info.provider,
                 "context_window": info.context_window,
+                "pricing": None
+                if info.pricing is None
+                else {
+                    "input": info.pricing.input,
+                    "cached_input": info.pricing.cached_input,
+                    "output": info.pricing.output,
+                    "unit": "USD per 1M tokens",
+                },
             }
             for info in self.models.infos()
         ]

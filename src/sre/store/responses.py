@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,15 @@ from sre.store.conversations import (
 from sre.store.database import Database
 from sre.store.schema import items, model_calls, responses
 from sre.types.errors import InvalidRequest, NotFound
-from sre.types.records import Conversation, ModelCallRecord, Page, ResponseRecord, StoredItem, Window
+from sre.types.records import (
+    Conversation,
+    ModelCallRecord,
+    Page,
+    ResponseRecord,
+    StoredItem,
+    UsageRow,
+    Window,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,9 @@ def _insert_model_call(conn: sa.Connection, call: ModelCallRecord) -> None:
             manifest=dumps(call.manifest),
             error=call.error,
             created_at=call.created_at,
+            cached_tokens=call.cached_tokens,
+            tokens_exact=call.tokens_exact,
+            cost_usd=call.cost_usd,
         )
     )
 
@@ -288,6 +300,50 @@ class ResponseRepository:
                     manifest=json.loads(r.manifest),
                     error=r.error,
                     created_at=r.created_at,
+                    cached_tokens=r.cached_tokens,
+                    tokens_exact=bool(r.tokens_exact),
+                    cost_usd=r.cost_usd,
                 )
                 for r in rows
             ]
+
+    def usage(self, tenant_id: str, *, start: int | None = None, end: int | None = None) -> list[UsageRow]:
+        """Model calls of a tenant between `start` and `end` (epoch seconds), by principal, model, day."""
+        day = (model_calls.c.created_at // 86400).label("day")
+        query = (
+            sa.select(
+                model_calls.c.principal_id,
+                model_calls.c.model,
+                day,
+                sa.func.count().label("calls"),
+                sa.func.sum(sa.case((model_calls.c.status == "failed", 1), else_=0)).label("failed"),
+                sa.func.sum(model_calls.c.input_tokens).label("input_tokens"),
+                sa.func.sum(model_calls.c.cached_tokens).label("cached_tokens"),
+                sa.func.sum(model_calls.c.output_tokens).label("output_tokens"),
+                sa.func.sum(model_calls.c.cost_usd).label("cost"),
+            )
+            .where(model_calls.c.tenant_id == tenant_id)
+            .group_by(model_calls.c.principal_id, model_calls.c.model, day)
+            .order_by(day, model_calls.c.principal_id, model_calls.c.model)
+        )
+        if start is not None:
+            query = query.where(model_calls.c.created_at >= start)
+        if end is not None:
+            query = query.where(model_calls.c.created_at < end)
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            UsageRow(
+                tenant_id=tenant_id,
+                principal_id=r.principal_id,
+                model=r.model,
+                day=time.strftime("%Y-%m-%d", time.gmtime(int(r.day) * 86400)),
+                calls=int(r.calls),
+                failed_calls=int(r.failed or 0),
+                input_tokens=int(r.input_tokens or 0),
+                cached_tokens=int(r.cached_tokens or 0),
+                output_tokens=int(r.output_tokens or 0),
+                cost_usd=None if r.cost is None else round(float(r.cost), 8),
+            )
+            for r in rows
+        ]

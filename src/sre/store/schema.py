@@ -115,7 +115,11 @@ model_calls = sa.Table(
     sa.Column("manifest", sa.Text, nullable=False),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("cached_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tokens_exact", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("cost_usd", sa.Float, nullable=True),
 )
 sa.Index("ix_model_calls_response", model_calls.c.tenant_id, model_calls.c.response_id)
+sa.Index("ix_model_calls_created", model_calls.c.tenant_id, model_calls.c.created_at)
 
 ALL_TABLES = (tenants, principals, api_keys, conversations, items, responses, model_calls)

@@ -93,6 +93,25 @@ class ModelCallRecord:
     manifest: dict[str, Any]
     error: str | None = None
     created_at: int = 0
+    cached_tokens: int = 0
+    tokens_exact: bool = False  # counted by the model's tokenizer or reported by the upstream
+    cost_usd: float | None = None  # None: the model's prices are unknown
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Model calls aggregated by principal, model and day (UTC) within one tenant."""
+
+    tenant_id: str
+    principal_id: str
+    model: str
+    day: str  # YYYY-MM-DD
+    calls: int
+    failed_calls: int
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    cost_usd: float | None
 
 
 @dataclass(frozen=True, slots=True)

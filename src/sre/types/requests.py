@@ -86,6 +86,26 @@ class CreateResponse(_WithMetadata):
         return self.conversation
 
 
+class CountInputTokens(BaseModel):
+    """`POST /v1/responses/input_tokens`: what `POST /v1/responses` would send, counted, not sent."""
+
+    model_config = _STRICT
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    input: str | list[Any] = Field(default_factory=list)
+    instructions: str | None = None
+    previous_response_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    conversation: Annotated[str, Field(min_length=1, max_length=64)] | ConversationRef | None = None
+    tools: list[FunctionToolParam] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+
+    def as_response_request(self) -> CreateResponse:
+        return CreateResponse.model_validate(self.model_dump(exclude_none=True), strict=False)
+
+
 class CreateConversation(_WithMetadata):
     """`POST /v1/conversations`."""
 
