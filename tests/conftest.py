@@ -78,7 +78,7 @@ def upstream() -> Iterator[ChatUpstream]:
 
 
 def upstream_config(
-    path: Path, upstream: ChatUpstream, *, name: str = "fake", context_window: int = 16000
+    path: Path, upstream: ChatUpstream, *, name: str = "fake", context_window: int = 16000, retries: int = 1
 ) -> Path:
     path.write_text(
         f"""
@@ -89,6 +89,8 @@ model = "fake-upstream-model"
 base_url = "{upstream.base_url}"
 api_key = "upstream-secret"
 context_window = {context_window}
+retries = {retries}
+retry_max_delay = 5
 """
     )
     return path

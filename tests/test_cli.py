@@ -69,7 +69,7 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     first = sre("db", "upgrade", "--data-dir", data)
-    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0001" in first.stderr
+    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0002" in first.stderr
     again = sre("db", "upgrade", "--data-dir", data)
     assert again.returncode == 0 and "up to date" in again.stderr
 
@@ -99,7 +99,7 @@ def test_first_start_prints_a_local_key_once(tmp_path: Path) -> None:
     first = server.output()
     assert (
         "Created a local API key" in first
-        and "No model configured" in first
+        and "bundled local model" in first
         and "SRE_OPENAI_BASE_URL" in first
     )
     again = ServerProcess(data_dir=tmp_path / "data").start()

@@ -153,7 +153,7 @@ def test_streaming(harness: Harness) -> None:
         "echo: second",
         "third",
     ]
-    harness.upstream.queue(Reply(text="x", cut_after_chunks=1))
+    harness.upstream.queue(Reply(text="an answer cut short", cut_after_chunks=3))  # after output: no retry
     failing = list(client.responses.create(input="break", conversation=conv.id, stream=True))
     assert failing[-1].type == "response.failed"
     client.responses.create(input="after", conversation=conv.id)
@@ -209,9 +209,13 @@ def test_keys_and_errors_through_the_client(harness: Harness) -> None:
     assert err.value.body["param"] == "model"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         client.conversations.retrieve("conv_00000000000000000000000000000000")
-    harness.upstream.queue(Reply(status=429, retry_after="1"))
+    harness.upstream.queue(Reply(status=429, retry_after="0"), Reply(status=429, retry_after="0"))
     with pytest.raises(openai.RateLimitError):
-        client.responses.create(input="x")
-    harness.upstream.queue(Reply(status=500))
+        client.responses.create(input="x")  # the one retry the config allows failed too
+    harness.upstream.queue(Reply(status=500), Reply(status=500))
     with pytest.raises(openai.InternalServerError):
         client.responses.create(input="x")
+    before = len(harness.upstream.requests)
+    harness.upstream.queue(Reply(status=503), Reply(text="recovered"))
+    assert client.responses.create(input="x").output_text == "recovered"
+    assert len(harness.upstream.requests) == before + 2

@@ -172,7 +172,7 @@ async def priced(
 async def test_usage_and_cost(
     priced: tuple[Runtime, httpx.AsyncClient, str, str], upstream: ChatUpstream
 ) -> None:
-    runtime, client, alice, bob = priced
+    _, client, alice, bob = priced
     for key in (alice, alice, bob):
         r = await client.post(
             "/v1/responses", json={"input": "hello"}, headers={"Authorization": f"Bearer {key}"}

@@ -1,8 +1,10 @@
-"""A small real HTTP server on loopback that speaks the Chat Completions wire format.
+"""Small real HTTP servers on loopback that speak a model wire format; here, Chat Completions.
 
-Tests start it, queue replies (text, tool calls, HTTP errors, broken streams) and read back the
-requests it received. With no reply queued it echoes the last user message. It serves streaming
-(server-sent events) and non-streaming requests like the real API.
+`WireUpstream` is what every wire-level fake shares: a threaded server on 127.0.0.1, a queue of
+`Reply`s (text, tool calls, usage, HTTP errors, streams cut short, malformed chunks, errors reported
+mid-stream), and a record of the requests received (body, headers, path with query). With no reply
+queued a fake echoes the last user message. Each wire format (`ChatUpstream` here, the Responses
+and Messages fakes beside it) only says how a reply looks on its wire.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
+
+HOLD_TIMEOUT = 10.0  # a held stream goes on by itself after this many seconds, so no test hangs
 
 
 @dataclass
@@ -25,14 +29,38 @@ class Reply:
     retry_after: str | None = None
     cut_after_chunks: int | None = None  # close the stream after this many chunks, without finishing
     malformed: bool = False
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # Chat Completions' words: stop, length, content_filter
     delay: float = 0.0
+    input_tokens: int | None = None  # input tokens to report, cached ones included
+    cached_tokens: int = 0
+    stream_error: str | None = None  # "server" or "rate_limit": fail mid-stream instead of finishing
+    hold: threading.Event | None = None  # after the first text chunk, wait until this is set
 
 
-class ChatUpstream:
+@dataclass
+class Stream:
+    chunks: list[str]
+    first_text: int | None = None  # index of the chunk that carries the first piece of text
+
+
+def split_words(text: str) -> list[str]:
+    """Text as it streams: word by word, each piece but the first with its leading space."""
+    return [(" " if i else "") + w for i, w in enumerate(text.split(" "))]
+
+
+def split_arguments(arguments: str) -> list[str]:
+    third = max(1, len(arguments) // 3)
+    return [arguments[start : start + third] for start in range(0, len(arguments), third)]
+
+
+class WireUpstream:
+    prefix = "/v1"  # what base_url ends with
+    endpoint = "/chat/completions"  # requests to any path ending with this are served
+
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []  # path and query of each request
         self.replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         upstream = self
@@ -49,11 +77,12 @@ class ChatUpstream:
                 with upstream._lock:
                     upstream.requests.append(body)
                     upstream.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    upstream.paths.append(self.path)
                     reply = upstream.replies.popleft() if upstream.replies else None
-                if self.path.split("?")[0] != "/v1/chat/completions":
+                if not self.path.split("?")[0].endswith(upstream.endpoint):
                     self._json(404, {"error": {"message": "not found"}})
                     return
-                upstream._serve(self, body, reply or upstream._echo(body))
+                upstream._serve(self, body, reply or upstream.echo(body))
 
             def _json(
                 self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None
@@ -73,13 +102,18 @@ class ChatUpstream:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: `stop` waits for the serving loop to notice, once per test.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return self.origin + self.prefix
 
-    def start(self) -> ChatUpstream:
+    def start(self) -> Self:
         self.thread.start()
         return self
 
@@ -91,74 +125,99 @@ class ChatUpstream:
         with self._lock:
             self.replies.extend(replies)
 
-    @staticmethod
-    def _echo(body: dict[str, Any]) -> Reply:
-        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
-        last = users[-1]["content"] if users else ""
-        if isinstance(last, list):
-            last = " ".join(p.get("text", "") for p in last)
-        return Reply(text=f"echo: {last}")
+    # What each wire format says for itself.
+
+    def echo(self, body: dict[str, Any]) -> Reply:
+        raise NotImplementedError
+
+    def error_body(self, reply: Reply) -> dict[str, Any]:
+        return {"error": {"message": reply.error_message, "type": "upstream"}}
+
+    def stream(self, reply: Reply, body: dict[str, Any]) -> Stream:
+        raise NotImplementedError
+
+    def complete(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer to a request that does not stream; None where the format always streams here."""
+        return None
 
     def _serve(self, handler: Any, body: dict[str, Any], reply: Reply) -> None:
         if reply.delay:
             time.sleep(reply.delay)
         if reply.status != 200:
             extra = {"retry-after": reply.retry_after} if reply.retry_after else None
-            handler._json(
-                reply.status, {"error": {"message": reply.error_message, "type": "upstream"}}, extra
-            )
+            handler._json(reply.status, self.error_body(reply), extra)
             return
-        model = body.get("model", "fake")
-        prompt_tokens = sum(len(str(m.get("content") or "")) // 4 + 1 for m in body.get("messages", []))
         if not body.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
-            if reply.tool_calls:
-                message["tool_calls"] = [
-                    {
-                        "id": c.get("id", f"call_{i}"),
-                        "type": "function",
-                        "function": {"name": c["name"], "arguments": c["arguments"]},
-                    }
-                    for i, c in enumerate(reply.tool_calls)
-                ]
-            handler._json(
-                200,
-                {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": message,
-                            "finish_reason": "tool_calls" if reply.tool_calls else "stop",
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": 7,
-                        "total_tokens": prompt_tokens + 7,
-                    },
-                },
-            )
+            answer = self.complete(reply, body)
+            if answer is None:
+                handler._json(400, {"error": {"message": "this fake only streams"}})
+            else:
+                handler._json(200, answer)
             return
-        chunks = self._chunks(reply, model, prompt_tokens)
+        stream = self.stream(reply, body)
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
         handler.send_header("connection", "close")
         handler.end_headers()
-        for index, chunk in enumerate(chunks):
+        for index, chunk in enumerate(stream.chunks):
             if reply.cut_after_chunks is not None and index >= reply.cut_after_chunks:
-                handler.wfile.flush()
-                handler.close_connection = True
-                return
+                break
             handler.wfile.write(chunk.encode())
             handler.wfile.flush()
+            if reply.hold is not None and index == stream.first_text:
+                reply.hold.wait(HOLD_TIMEOUT)
         handler.close_connection = True
 
+
+class ChatUpstream(WireUpstream):
+    """OpenAI's Chat Completions: `POST /v1/chat/completions`, streaming and not."""
+
+    def echo(self, body: dict[str, Any]) -> Reply:
+        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        last = users[-1]["content"] if users else ""
+        if isinstance(last, list):
+            last = " ".join(p.get("text", "") for p in last)
+        return Reply(text=f"echo: {last}")
+
     @staticmethod
-    def _chunks(reply: Reply, model: str, prompt_tokens: int) -> list[str]:
+    def _usage(reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = reply.input_tokens
+        if prompt is None:
+            prompt = sum(len(str(m.get("content") or "")) // 4 + 1 for m in body.get("messages", []))
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": 7, "total_tokens": prompt + 7}
+        if reply.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
+        return usage
+
+    def complete(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any] | None:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.get("id", f"call_{i}"),
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for i, c in enumerate(reply.tool_calls)
+            ]
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                }
+            ],
+            "usage": self._usage(reply, body),
+        }
+
+    def stream(self, reply: Reply, body: dict[str, Any]) -> Stream:
+        model = body.get("model", "fake")
+
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             payload = {
                 "id": "chatcmpl-fake",
@@ -169,40 +228,34 @@ class ChatUpstream:
             }
             return f"data: {json.dumps(payload)}\n\n"
 
-        out = [chunk({"role": "assistant", "content": ""})]
+        out = Stream([chunk({"role": "assistant", "content": ""})])
         if reply.malformed:
-            out.append("data: {this is not json\n\n")
+            out.chunks.append("data: {this is not json\n\n")
         if reply.text:
-            words = reply.text.split(" ")
-            out.extend(chunk({"content": (" " if i else "") + w}) for i, w in enumerate(words))
+            out.first_text = len(out.chunks)
+            out.chunks.extend(chunk({"content": piece}) for piece in split_words(reply.text))
         for i, call in enumerate(reply.tool_calls):
-            args = call["arguments"]
-            third = max(1, len(args) // 3)
-            out.append(
-                chunk(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": i,
-                                "id": call.get("id", f"call_{i}_{int(time.time() * 1000)}"),
-                                "type": "function",
-                                "function": {"name": call["name"], "arguments": ""},
-                            }
-                        ]
-                    }
-                )
+            head = {
+                "index": i,
+                "id": call.get("id", f"call_{i}_{int(time.time() * 1000)}"),
+                "type": "function",
+                "function": {"name": call["name"], "arguments": ""},
+            }
+            out.chunks.append(chunk({"tool_calls": [head]}))
+            for piece in split_arguments(call["arguments"]):
+                out.chunks.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+        if reply.stream_error is not None:
+            error = (
+                {"message": reply.error_message, "type": "tokens", "code": "rate_limit_exceeded"}
+                if reply.stream_error == "rate_limit"
+                else {"message": reply.error_message, "type": "server_error", "code": None}
             )
-            for start in range(0, len(args), third):
-                out.append(
-                    chunk(
-                        {"tool_calls": [{"index": i, "function": {"arguments": args[start : start + third]}}]}
-                    )
-                )
+            out.chunks.append(f"data: {json.dumps({'error': error})}\n\n")
+            return out
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
-        out.append(chunk({}, finish))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7}
-        out.append(
-            f"data: {json.dumps({'id': 'chatcmpl-fake', 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"
-        )
-        out.append("data: [DONE]\n\n")
+        out.chunks.append(chunk({}, finish))
+        usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time())}
+        usage.update(model=model, choices=[], usage=self._usage(reply, body))
+        out.chunks.append(f"data: {json.dumps(usage)}\n\n")
+        out.chunks.append("data: [DONE]\n\n")
         return out

@@ -23,6 +23,7 @@ from sre.types.records import Caller
 from sre.types.requests import (
     CountInputTokens,
     CreateConversation,
+    CreateEmbeddings,
     CreateItems,
     CreateResponse,
     UpdateConversation,
@@ -47,12 +48,18 @@ async def _sse_stream(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[by
         yield _sse(event)
 
 
-def create_app(runtime: Runtime, *, auth: bool = True, close_runtime: bool = False) -> FastAPI:
-    """The API over `runtime`; with `close_runtime`, the app closes it when the server stops."""
+def create_app(
+    runtime: Runtime, *, auth: bool = True, close_runtime: bool = False, warm: bool = False
+) -> FastAPI:
+    """The API over `runtime`; with `close_runtime`, the app closes it when the server stops, and
+    with `warm`, local model weights load in the background as it starts."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        warming = asyncio.create_task(runtime.warm()) if warm else None
         yield
+        if warming is not None and not warming.done():
+            warming.cancel()
         if close_runtime:
             await runtime.aclose()
 
@@ -123,6 +130,10 @@ def create_app(runtime: Runtime, *, auth: bool = True, close_runtime: bool = Fal
     @app.post("/v1/responses/input_tokens", tags=["responses"])
     async def count_input_tokens(body: CountInputTokens, who: Who) -> dict[str, Any]:
         return await runtime.count_input_tokens(who, body)
+
+    @app.post("/v1/embeddings", tags=["embeddings"])
+    async def create_embeddings(body: CreateEmbeddings, who: Who) -> dict[str, Any]:
+        return await runtime.create_embeddings(who, body)
 
     @app.get("/v1/usage", tags=["usage"])
     async def usage(

@@ -94,18 +94,18 @@ def serve(
             _say(f"Created a local API key (shown only once): {secret}")
             _say(f"  export SRE_API_KEY={secret}")
     models = runtime.models.infos()
-    if models:
+    _say(
+        "Models: "
+        + ", ".join(f"{m.name} ({m.provider}, {m.context_window} tokens)" for m in models)
+        + f"; default: {runtime.models.default}; embeddings: "
+        + ", ".join(f"{e.name} ({e.info.provider})" for e in runtime.embeddings.models.values())
+    )
+    if all(m.provider == "local" for m in models):
         _say(
-            "Models: "
-            + ", ".join(f"{m.name} ({m.provider})" for m in models)
-            + f"; default: {runtime.models.default}"
+            "Using the bundled local model (offline, small). For a stronger one, restart with "
+            "SRE_OPENAI_BASE_URL=http://host/v1 SRE_OPENAI_MODEL=name [SRE_OPENAI_API_KEY=…] or --config."
         )
-    else:
-        _say(
-            "No model configured: to use an OpenAI-compatible endpoint, restart with "
-            "SRE_OPENAI_BASE_URL=http://host/v1 SRE_OPENAI_MODEL=name [SRE_OPENAI_API_KEY=…], or pass --config."
-        )
-    application = create_app(runtime, auth=not no_auth, close_runtime=True)
+    application = create_app(runtime, auth=not no_auth, close_runtime=True, warm=True)
     _say(f"SRE listening on http://{host}:{port}/v1 (stop with Ctrl-C)")
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 

@@ -29,8 +29,9 @@ from sre.models.catalog import KnownModel, lookup
 from sre.models.resilience import FallbackModel, RetryingModel
 from sre.types.errors import ConfigError, InvalidRequest
 
-PROVIDERS = ("openai", "scripted")
+PROVIDERS = ("openai", "openai-responses", "anthropic", "local", "scripted")
 DEFAULT_CONTEXT_WINDOW = 128_000
+LOCAL_CONTEXT_WINDOW = 4096  # the KV cache grows with it; 4096 keeps the embedded default small
 _KNOWN_KEYS = {
     "provider",
     "model",
@@ -41,9 +42,13 @@ _KNOWN_KEYS = {
     "headers",
     "query",
     "max_tokens_param",
+    "max_tokens_default",
+    "anthropic_version",
     "connect_timeout",
     "read_timeout",
     "replies",
+    "path",
+    "threads",
     "retries",
     "retry_max_delay",
     "fallbacks",
@@ -139,10 +144,13 @@ def model_infos(config: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict
             section["api_key"] = env.get(str(section["api_key_env"]))
         upstream = str(section.get("model", name))
         known = lookup(upstream)
-        window = section.get("context_window", known.context_window if known else DEFAULT_CONTEXT_WINDOW)
+        if provider == "local":  # the window is what SRE allocates, not what the weights allow
+            window = section.get("context_window", LOCAL_CONTEXT_WINDOW)
+        else:
+            window = section.get("context_window", known.context_window if known else DEFAULT_CONTEXT_WINDOW)
         if not isinstance(window, int) or window < 256:
             raise ConfigError(f"[models.{name}] context_window must be an integer of at least 256")
-        retries = section.get("retries", 0 if provider == "scripted" else 2)
+        retries = section.get("retries", 0 if provider in ("scripted", "local") else 2)
         if not isinstance(retries, int) or not 0 <= retries <= 10:
             raise ConfigError(f"[models.{name}] retries must be an integer from 0 to 10")
         section["retries"] = retries
@@ -171,11 +179,29 @@ def model_infos(config: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict
     return infos, default
 
 
+def local_model_info(name: str = "local") -> ModelInfo:
+    """The embedded default: SmolLM2-135M-Instruct, bundled, run in-process."""
+    infos, _ = model_infos({"models": {name: {"provider": "local", "model": "SmolLM2-135M-Instruct"}}}, {})
+    return infos[name]
+
+
 def build_model(info: ModelInfo) -> ChatModel:
     if info.provider == "scripted":
         from sre.models.scripted import scripted_from_info
 
         return scripted_from_info(info)
+    if info.provider == "openai-responses":
+        from sre.models.openai_responses import OpenAIResponsesModel
+
+        return OpenAIResponsesModel(info)
+    if info.provider == "local":
+        from sre.models.local import LocalChatModel
+
+        return LocalChatModel(info)
+    if info.provider == "anthropic":
+        from sre.models.anthropic import AnthropicModel
+
+        return AnthropicModel(info)
     from sre.models.openai_chat import OpenAIChatModel
 
     return OpenAIChatModel(info)

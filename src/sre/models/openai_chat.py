@@ -28,7 +28,7 @@ from sre.models.base import (
 )
 from sre.models.guard import check_allowed
 from sre.models.tokens import TextTokenizer, encoding_for, tiktoken_tokenizer
-from sre.models.upstream import cut_short, malformed, status_error, transport_error
+from sre.models.upstream import cut_short, malformed, status_error, stream_error, transport_error
 from sre.types.items import FunctionCall, FunctionCallOutput, InputImage, Message
 
 _FINISH: dict[str, FinishReason] = {
@@ -172,6 +172,10 @@ class OpenAIChatModel(ChatModel):
                     raise ValueError("chunk is not an object")
             except ValueError:
                 raise malformed(self.name) from None
+            error = chunk.get("error")
+            if isinstance(error, dict):  # OpenAI and vLLM report failures mid-stream this way
+                kind = error.get("code") or error.get("type")
+                raise stream_error(self.name, str(error.get("message") or "stream error"), kind)
             usage = chunk.get("usage")
             if isinstance(usage, dict):
                 details = usage.get("prompt_tokens_details") or {}

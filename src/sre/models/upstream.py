@@ -2,7 +2,9 @@
 
 A 429 becomes `RateLimited`, a 400 `InvalidRequest`, other statuses `ModelError`; 408, 409, 429
 and 5xx are marked retryable, with `Retry-After` (seconds or an HTTP date) carried along for the
-retry wrapper. Providers call these; they never decide about retrying themselves.
+retry wrapper. Errors an upstream reports inside a stream go through `stream_error`, and the
+server-sent event framing every streaming wire format shares is read here too. Providers call
+these; they never decide about retrying themselves.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -82,3 +86,72 @@ def cut_short(model: str) -> ModelError:
     return ModelError(
         f"model '{model}' ended its stream without finishing", code="upstream_incomplete", retryable=True
     )
+
+
+_RATE_LIMIT_KINDS = frozenset({"rate_limit_error", "rate_limit_exceeded", "rate_limited"})
+_RETRYABLE_KINDS = frozenset(
+    {
+        "server_error",
+        "api_error",
+        "overloaded_error",
+        "internal_server_error",
+        "timeout",
+        "service_unavailable",
+    }
+)
+
+
+def stream_error(model: str, message: str, kind: str | int | None = None) -> SREError:
+    """An error the upstream reported inside a stream, after it had already answered 200.
+
+    `kind` is the upstream's error type or code (`overloaded_error`, `rate_limit_exceeded`, 503, ...);
+    it decides, like a status would, whether trying again may help.
+    """
+    detail = f"{kind}: {message}" if kind not in (None, "") else message
+    if isinstance(kind, int) or (isinstance(kind, str) and kind.isdigit()):
+        status = int(kind)
+        if status == 429:
+            kind = "rate_limit_error"
+        retryable = status in RETRYABLE_STATUSES
+    else:
+        retryable = kind in _RETRYABLE_KINDS
+    if kind in _RATE_LIMIT_KINDS:
+        return RateLimited(
+            f"model '{model}' is rate limited upstream: {detail[:500]}",
+            code="upstream_rate_limited",
+            retryable=True,
+        )
+    return ModelError(f"model '{model}' failed: {detail[:500]}", code="upstream_error", retryable=retryable)
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
+    """The (event name, data) pairs of a server-sent event stream, data lines joined by newlines."""
+    name: str | None = None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield name, "\n".join(data)
+            name, data = None, []
+        elif line.startswith(":"):
+            continue  # a comment, sent as a keep-alive
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+    if data:
+        yield name, "\n".join(data)
+
+
+def json_object(model: str, payload: str) -> dict[str, Any]:
+    """One event's data as a JSON object, or `malformed`."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        raise malformed(model) from None
+    if not isinstance(value, dict):
+        raise malformed(model)
+    return value

@@ -8,7 +8,10 @@ event loop. No business rule lives outside this facade and the layers beneath it
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import struct
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,15 +21,19 @@ from pydantic import BaseModel, ValidationError
 from sre.engine.shapes import conversation_object, item_list, stored_response_object
 from sre.engine.turn import TurnEngine
 from sre.models.base import ChatModel
-from sre.models.config import ModelRegistry
+from sre.models.config import ModelRegistry, local_model_info
+from sre.models.embeddings import EmbeddingRegistry, local_embeddings
+from sre.models.local import LocalChatModel
 from sre.runtime.settings import LOCAL_PRINCIPAL, LOCAL_TENANT, Settings
 from sre.store import Store, sqlite_url
-from sre.types.errors import InvalidRequest, Unauthenticated
+from sre.types.errors import InvalidRequest, ModelError, SREError, Unauthenticated
+from sre.types.ids import new_id
 from sre.types.items import parse_input_items
-from sre.types.records import ApiKey, Caller
+from sre.types.records import ApiKey, Caller, ModelCallRecord
 from sre.types.requests import (
     CountInputTokens,
     CreateConversation,
+    CreateEmbeddings,
     CreateItems,
     CreateResponse,
     UpdateConversation,
@@ -34,6 +41,12 @@ from sre.types.requests import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":  # what OpenAI's clients ask for by default: little-endian float32
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
 
 
 def _coerce(kind: type[M], value: M | Mapping[str, Any]) -> M:
@@ -55,10 +68,17 @@ def _page_args(limit: int, order: str) -> None:
 class Runtime:
     """Open with `Runtime.open(...)`; close with `await runtime.aclose()`."""
 
-    def __init__(self, store: Store, models: ModelRegistry, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        models: ModelRegistry,
+        settings: Settings,
+        embeddings: EmbeddingRegistry | None = None,
+    ) -> None:
         self.store = store
         self.models = models
         self.settings = settings
+        self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry()
         self.turns = TurnEngine(store, models)
 
     @classmethod
@@ -69,22 +89,43 @@ class Runtime:
         database_url: str | None = None,
         config: str | Path | None = None,
         models: ModelRegistry | list[ChatModel] | None = None,
+        embeddings: EmbeddingRegistry | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Runtime:
-        """Connect to the store (migrating it) and load the models from configuration."""
+        """Connect to the store (migrating it) and set up the models from configuration.
+
+        With no chat model configured, the bundled local model is the default; with no embedding
+        model configured, the bundled local one is. Both load on first use (or `warm`).
+        """
         settings = Settings.load(data_dir=data_dir, database_url=database_url, config_path=config, env=env)
         if isinstance(models, list):
             registry = ModelRegistry()
             for model in models:
                 registry.add(model)
+        elif models is not None:
+            registry = models
         else:
-            registry = models if models is not None else ModelRegistry.from_config(settings.config, env)
+            registry = ModelRegistry.from_config(settings.config, env)
+            if not registry.models:
+                registry.add(LocalChatModel(local_model_info()))
+        if embeddings is None:
+            embeddings = EmbeddingRegistry.from_config(settings.config)
+            if not embeddings.models:
+                embeddings.add(local_embeddings())
         store = Store(settings.database_url or sqlite_url(settings.data_dir))
-        return cls(store, registry, settings)
+        return cls(store, registry, settings, embeddings)
+
+    async def warm(self) -> None:
+        """Load local model weights now rather than on the first request."""
+        for model in [*self.models.models.values(), *self.embeddings.models.values()]:
+            load = getattr(model, "load", None)
+            if load is not None:
+                await asyncio.to_thread(load) if not asyncio.iscoroutinefunction(load) else await load()
 
     async def aclose(self) -> None:
         await self.turns.aclose()
         await self.models.aclose()
+        await self.embeddings.aclose()
         self.store.close()
 
     # -- identity -----------------------------------------------------------------------------
@@ -254,6 +295,52 @@ class Runtime:
         )
         return conversation_object(conv.id, conv.created_at, conv.metadata)
 
+    # -- embeddings ---------------------------------------------------------------------------
+
+    async def create_embeddings(
+        self, caller: Caller, request: CreateEmbeddings | Mapping[str, Any]
+    ) -> dict[str, Any]:
+        body = _coerce(CreateEmbeddings, request)
+        model = self.embeddings.resolve(body.model)
+        if body.dimensions is not None and body.dimensions != model.info.dimensions:
+            raise InvalidRequest(
+                f"Model '{model.name}' makes {model.info.dimensions}-dimensional vectors; "
+                f"'dimensions' must be {model.info.dimensions} or omitted.",
+                param="dimensions",
+            )
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        started = time.perf_counter()
+        try:
+            result = await model.embed(texts)
+            status, error = "completed", None
+        except SREError as exc:
+            status, error, result = "failed", exc, None
+        call = ModelCallRecord(
+            tenant_id=caller.tenant_id,
+            id=new_id("mc"),
+            response_id=None,
+            principal_id=caller.principal_id,
+            model=model.name,
+            provider=model.info.provider,
+            status=status,
+            input_tokens=0 if result is None else result.tokens,
+            output_tokens=0,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            manifest={"embeddings": len(texts)},
+            error=None if error is None else error.message,
+            created_at=int(time.time()),
+            tokens_exact=model.info.provider == "local",
+        )
+        await asyncio.to_thread(self.store.responses.record_model_call, call)
+        if error is not None or result is None:
+            raise error or ModelError("embedding failed")
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(result.vectors)
+        ]
+        usage = {"prompt_tokens": result.tokens, "total_tokens": result.tokens}
+        return {"object": "list", "data": data, "model": model.name, "usage": usage}
+
     # -- models -------------------------------------------------------------------------------
 
     def list_models(self) -> dict[str, Any]:
@@ -275,4 +362,15 @@ class Runtime:
             }
             for info in self.models.infos()
         ]
+        for embedding in self.embeddings.models.values():
+            data.append(
+                {
+                    "id": embedding.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": embedding.info.provider,
+                    "kind": "embedding",
+                    "dimensions": embedding.info.dimensions,
+                }
+            )
         return {"object": "list", "data": data}

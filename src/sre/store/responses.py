@@ -278,6 +278,11 @@ class ResponseRepository:
         if not deleted:
             raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
 
+    def record_model_call(self, call: ModelCallRecord) -> None:
+        """A model call outside a turn (embeddings, for instance)."""
+        with self.db.write() as conn:
+            _insert_model_call(conn, call)
+
     def model_calls(self, tenant_id: str, response_id: str) -> list[ModelCallRecord]:
         with self.db.read() as conn:
             rows = conn.execute(

@@ -106,6 +106,23 @@ class CountInputTokens(BaseModel):
         return CreateResponse.model_validate(self.model_dump(exclude_none=True), strict=False)
 
 
+class CreateEmbeddings(BaseModel):
+    """`POST /v1/embeddings`."""
+
+    model_config = _STRICT
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    input: (
+        Annotated[str, Field(min_length=1, max_length=100_000)]
+        | Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=100_000)]],
+            Field(min_length=1, max_length=2048),
+        ]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+
 class CreateConversation(_WithMetadata):
     """`POST /v1/conversations`."""
 

@@ -1,0 +1,331 @@
+"""The `anthropic` provider: Anthropic's Messages wire format over plain HTTP (no SDK).
+
+It translates SRE's Responses-shaped items to Messages: system text goes to `system`, turns
+alternate user/assistant (consecutive same-role turns merged), function calls become `tool_use`
+blocks and their outputs `tool_result` blocks. It always streams and turns the answer's events into
+`ModelEvent`s, with Anthropic's usage normalised to OpenAI's meaning (input tokens include cached
+ones). Base URL, key and API version come from configuration; it keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from sre.models.base import (
+    AnyItem,
+    ChatModel,
+    Finish,
+    FinishReason,
+    FunctionTool,
+    ModelEvent,
+    ModelInfo,
+    ModelRequest,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from sre.models.guard import check_allowed
+from sre.models.upstream import (
+    cut_short,
+    json_object,
+    malformed,
+    sse_events,
+    status_error,
+    stream_error,
+    transport_error,
+)
+from sre.types.items import ContentPart, FunctionCall, FunctionCallOutput, InputImage, Message, Refusal
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+_STOP: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def _image(part: InputImage) -> dict[str, Any] | None:
+    url = part.image_url
+    if not url:
+        return None  # a file id means nothing to Anthropic
+    if url.startswith("data:") and ";base64," in url:
+        media_type, _, data = url[5:].partition(";base64,")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _blocks(parts: Sequence[ContentPart]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, InputImage):
+            image = _image(part)
+            if image is not None:
+                out.append(image)
+            continue
+        text = part.refusal if isinstance(part, Refusal) else part.text
+        if text:  # Anthropic rejects empty text blocks
+            out.append({"type": "text", "text": text})
+    return out
+
+
+def _arguments(raw: str) -> dict[str, Any]:
+    """A call's arguments as the JSON object `tool_use.input` must be.
+
+    A model may have produced arguments that are not an object; they still go back to it, wrapped,
+    rather than failing every later turn of the conversation.
+    """
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"arguments": raw}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def _tool_result(item: FunctionCallOutput) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": item.call_id}
+    content: str | list[dict[str, Any]] = (
+        item.output if isinstance(item.output, str) else _blocks(item.output)
+    )
+    if content:
+        block["content"] = content
+    return block
+
+
+def to_messages(instructions: str | None, items: Sequence[AnyItem]) -> tuple[str, list[dict[str, Any]]]:
+    """SRE items to Messages' `system` text and alternating user/assistant `messages`."""
+    system = [instructions] if instructions else []
+    messages: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+
+    for item in items:
+        if isinstance(item, Message):
+            if item.role in ("system", "developer"):
+                if item.text():
+                    system.append(item.text())
+            else:
+                add(item.role, _blocks(item.content))
+        elif isinstance(item, FunctionCall):
+            add(
+                "assistant",
+                [
+                    {
+                        "type": "tool_use",
+                        "id": item.call_id,
+                        "name": item.name,
+                        "input": _arguments(item.arguments),
+                    }
+                ],
+            )
+        elif isinstance(item, FunctionCallOutput):
+            add("user", [_tool_result(item)])
+    return "\n\n".join(system), messages
+
+
+def _tool(tool: FunctionTool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        out["description"] = tool.description
+    out["input_schema"] = tool.parameters or {"type": "object", "properties": {}}
+    return out
+
+
+def _tool_choice(choice: str | dict[str, Any] | None, parallel: bool | None) -> dict[str, Any] | None:
+    out: dict[str, Any] | None
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else choice.get("name")
+        out = {"type": "tool", "name": name}
+    elif choice == "required":
+        out = {"type": "any"}
+    elif choice == "none":
+        return {"type": "none"}
+    elif choice == "auto" or parallel is False:
+        out = {"type": "auto"}
+    else:
+        return None
+    if parallel is False:
+        out["disable_parallel_tool_use"] = True
+    return out
+
+
+class AnthropicModel(ChatModel):
+    def __init__(self, info: ModelInfo) -> None:
+        super().__init__(info)
+        opts = info.options
+        base = str(opts.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
+        # Anthropic's SDKs take the base URL without `/v1`; accept it with one too.
+        self.base_url = base.removesuffix("/v1")
+        self.api_key = opts.get("api_key")
+        self.version = str(opts.get("anthropic_version") or DEFAULT_VERSION)
+        self.max_tokens_default = int(opts.get("max_tokens_default") or DEFAULT_MAX_TOKENS)
+        self.headers = {str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()}
+        self.query = {str(k): str(v) for k, v in dict(opts.get("query") or {}).items()}
+        self.timeout = httpx.Timeout(
+            float(opts.get("read_timeout", 300.0)), connect=float(opts.get("connect_timeout", 10.0))
+        )
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        return self._client
+
+    def build_body(self, request: ModelRequest) -> dict[str, Any]:
+        system, messages = to_messages(request.instructions, request.items)
+        body: dict[str, Any] = {
+            "model": self.info.upstream_model,
+            "max_tokens": request.max_output_tokens or self.max_tokens_default,
+            "messages": messages,
+            "stream": True,
+        }
+        if system:
+            body["system"] = system
+        if request.tools:
+            body["tools"] = [_tool(t) for t in request.tools]
+            choice = _tool_choice(request.tool_choice, request.parallel_tool_calls)
+            if choice is not None:
+                body["tool_choice"] = choice
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        return body
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        url = f"{self.base_url}/v1/messages"
+        check_allowed(url)
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "anthropic-version": self.version,
+            **self.headers,
+        }
+        if self.api_key:
+            headers.setdefault("x-api-key", str(self.api_key))
+        try:
+            async with self._http().stream(
+                "POST", url, params=self.query or None, json=self.build_body(request), headers=headers
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise status_error(self.name, response)
+                async for event in _MessageStream(self.name).events(response):
+                    yield event
+        except httpx.HTTPError as exc:
+            raise transport_error(self.name, exc) from None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class _MessageStream:
+    """The state of one streamed answer: which content block is which tool call, usage so far."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.tools: dict[int, int] = {}  # content block index -> tool call index
+        self.with_arguments: set[int] = set()  # tool call indices that received arguments
+        self.usage: dict[str, Any] = {}
+        self.stop: FinishReason | None = None
+
+    async def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
+        async for name, payload in sse_events(response):
+            event = json_object(self.model, payload)
+            kind = event.get("type", name)
+            if kind == "message_stop":
+                break
+            for out in self._handle(kind, event):
+                yield out
+        if self.stop is None:
+            raise cut_short(self.model)
+        if self.usage:
+            yield self._usage()
+        yield Finish(self.stop)
+
+    def _handle(self, kind: object, event: dict[str, Any]) -> list[ModelEvent]:
+        if kind == "message_start":
+            message = event.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            if isinstance(usage, dict):
+                self.usage.update({k: v for k, v in usage.items() if v is not None})
+        elif kind == "content_block_start":
+            block = event.get("content_block")
+            if not isinstance(block, dict):
+                raise malformed(self.model)
+            if block.get("type") == "tool_use":
+                index = self.tools.setdefault(int(event.get("index", 0)), len(self.tools))
+                arguments = json.dumps(block["input"]) if block.get("input") else ""
+                if arguments:
+                    self.with_arguments.add(index)
+                return [
+                    ToolCallDelta(index, call_id=block.get("id"), name=block.get("name"), arguments=arguments)
+                ]
+            if block.get("type") == "text" and block.get("text"):
+                return [TextDelta(str(block["text"]))]
+        elif kind == "content_block_delta":
+            return self._delta(event)
+        elif kind == "content_block_stop":
+            call = self.tools.get(int(event.get("index", 0)))
+            if call is not None and call not in self.with_arguments:
+                # A call without parameters streams no JSON at all; its arguments are still `{}`.
+                return [ToolCallDelta(call, arguments="{}")]
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+            if reason:
+                self.stop = _STOP.get(str(reason), "stop")
+            usage = event.get("usage")
+            if isinstance(usage, dict):
+                self.usage.update({k: v for k, v in usage.items() if v is not None})
+        elif kind == "error":
+            error = event.get("error")
+            error = error if isinstance(error, dict) else {}
+            raise stream_error(self.model, str(error.get("message") or "stream error"), error.get("type"))
+        return []
+
+    def _delta(self, event: dict[str, Any]) -> list[ModelEvent]:
+        delta = event.get("delta")
+        if not isinstance(delta, dict):
+            raise malformed(self.model)
+        if delta.get("type") == "text_delta" and delta.get("text"):
+            return [TextDelta(str(delta["text"]))]
+        if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+            index = self.tools.get(int(event.get("index", 0)))
+            if index is None:
+                raise malformed(self.model)
+            self.with_arguments.add(index)
+            return [ToolCallDelta(index, arguments=str(delta["partial_json"]))]
+        return []  # thinking and signature deltas have no place in SRE's items yet
+
+    def _usage(self) -> Usage:
+        cached = int(self.usage.get("cache_read_input_tokens") or 0)
+        written = int(self.usage.get("cache_creation_input_tokens") or 0)
+        # Anthropic counts cache reads and writes apart from `input_tokens`; OpenAI's input count
+        # (which SRE's usage follows) includes them.
+        return Usage(
+            input_tokens=int(self.usage.get("input_tokens") or 0) + cached + written,
+            output_tokens=int(self.usage.get("output_tokens") or 0),
+            cached_tokens=cached,
+        )
