@@ -223,3 +223,19 @@ async def test_input_tokens_endpoint(
         "/v1/responses/input_tokens", json={"previous_response_id": "resp_nope"}, headers=auth
     )
     assert missing.status_code == 404
+
+
+def test_documented_fallback_chain_loads() -> None:
+    import re
+    import tomllib
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "fallbacks" in b)
+    models = ModelRegistry.from_config(
+        tomllib.loads(block), {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}
+    )
+    primary = models.resolve("primary")
+    assert isinstance(primary, FallbackModel) and [m.name for m in primary.chain] == ["primary", "secondary"]
+    assert isinstance(primary.chain[0], RetryingModel) and primary.chain[0].max_retries == 3
+    secondary = models.resolve("secondary")
+    assert secondary.info.pricing is not None and secondary.info.pricing.output == 4.0

@@ -574,6 +574,7 @@ def test_the_documentation_shows_each_endpoint() -> None:
 )
 async def test_documented_config_streams_a_reply(name: str) -> None:
     section = dict(documented_models()[name])
+    section.pop("fallbacks", None)  # the chain is another test's business; this one streams one model
     provider = str(section.get("provider", "openai"))
     documented = urlsplit(str(section.get("base_url") or DEFAULT_BASE_URLS[provider]))
     fake = FAKES[provider]().start()

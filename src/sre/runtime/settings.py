@@ -48,7 +48,7 @@ class Settings:
         server = config.get("server", {})
         if not isinstance(server, dict):
             raise ConfigError("[server] must be a table")
-        unknown = set(config) - {"models", "default_model", "server"}
+        unknown = set(config) - {"models", "default_model", "server", "embeddings", "default_embedding_model"}
         if unknown:
             raise ConfigError(f"unknown top-level keys in config: {', '.join(sorted(unknown))}")
         raw_max = env.get("SRE_MAX_BODY_BYTES") or server.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
