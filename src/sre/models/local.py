@@ -98,9 +98,13 @@ class LocalChatModel(ChatModel):
     def __init__(self, info: ModelInfo) -> None:
         super().__init__(info)
         opts = info.options
-        self.path = str(opts.get("path") or bundled_gguf())
+        self.path_option = opts.get("path")
         self.n_threads = int(opts.get("threads") or default_threads())
         self.max_tokens = int(opts.get("max_tokens_default", DEFAULT_MAX_TOKENS))
+
+    @property
+    def path(self) -> str:
+        return str(self.path_option or bundled_gguf())
 
     def llama(self) -> Any:
         return load_llama(self.path, self.info.context_window, self.n_threads)

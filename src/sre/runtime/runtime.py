@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -41,6 +42,7 @@ from sre.types.requests import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("sre.runtime")
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
@@ -119,8 +121,12 @@ class Runtime:
         """Load local model weights now rather than on the first request."""
         for model in [*self.models.models.values(), *self.embeddings.models.values()]:
             load = getattr(model, "load", None)
-            if load is not None:
-                await asyncio.to_thread(load) if not asyncio.iscoroutinefunction(load) else await load()
+            if load is None:
+                continue
+            try:
+                await load() if asyncio.iscoroutinefunction(load) else await asyncio.to_thread(load)
+            except Exception as exc:  # the first request will report it properly
+                log.warning("could not load model %s: %s", model.name, exc)
 
     async def aclose(self) -> None:
         await self.turns.aclose()
