@@ -23,7 +23,7 @@ from sre.engine.shapes import conversation_object, item_list, stored_response_ob
 from sre.engine.turn import TurnEngine
 from sre.models.base import ChatModel
 from sre.models.config import ModelRegistry, local_model_info
-from sre.models.embeddings import EmbeddingRegistry, local_embeddings
+from sre.models.embeddings import EmbeddingModel, EmbeddingRegistry, local_embeddings
 from sre.models.local import LocalChatModel
 from sre.runtime.settings import LOCAL_PRINCIPAL, LOCAL_TENANT, Settings
 from sre.store import Store, sqlite_url
@@ -119,7 +119,11 @@ class Runtime:
 
     async def warm(self) -> None:
         """Load local model weights now rather than on the first request."""
-        for model in [*self.models.models.values(), *self.embeddings.models.values()]:
+        models: list[ChatModel | EmbeddingModel] = [
+            *self.models.models.values(),
+            *self.embeddings.models.values(),
+        ]
+        for model in models:
             load = getattr(model, "load", None)
             if load is None:
                 continue
