@@ -27,7 +27,7 @@ from sre.types.items import (
     FunctionCallOutput,
     Message,
     estimate_tokens,
-    item_from_dict,
+    item_from_json,
     parse_input_items,
 )
 from sre.types.records import Caller, ModelCallRecord, ResponseRecord, Window
@@ -136,7 +136,7 @@ class TurnEngine:
                 code="context_length_exceeded",
             )
         _check_tool_outputs(items, window)
-        history = [item_from_dict(i.data) for i in window.items]
+        history = [item_from_json(i.raw) for i in window.items]
         model_request = ModelRequest(
             items=history + items,
             instructions=request.instructions,

@@ -32,7 +32,7 @@ from sre.types.records import Conversation, Page, StoredItem, Window
 
 AnyItem = Message | FunctionCall | FunctionCallOutput
 _MAX_LINEAGE = 10_000
-_WINDOW_PAGE = 128
+_WINDOW_PAGE = 256
 _INF = 2**62
 
 
@@ -61,15 +61,13 @@ def conversation_from_row(row: sa.Row[Any]) -> Conversation:
 
 def item_from_row(row: sa.Row[Any]) -> StoredItem:
     m = row._mapping
-    data = json.loads(m["data"])
-    data["id"] = m["id"]
     return StoredItem(
         tenant_id=m["tenant_id"],
         conversation_id=m["conversation_id"],
         seq=m["seq"],
         id=m["id"],
         type=m["type"],
-        data=data,
+        raw=m["data"],
         response_id=m["response_id"],
         created_at=m["created_at"],
         tokens=m["tokens"],
@@ -157,6 +155,7 @@ def append_rows(
         data = item_to_dict(item)
         data["id"] = item_id
         tokens = estimate_tokens(item)
+        raw = dumps(data)
         rows.append(
             {
                 "tenant_id": conv.tenant_id,
@@ -167,7 +166,7 @@ def append_rows(
                 "response_id": response_id,
                 "origin": origin,
                 "tokens": tokens,
-                "data": dumps(data),
+                "data": raw,
                 "created_at": now,
             }
         )
@@ -178,6 +177,7 @@ def append_rows(
                 seq=seq,
                 id=item_id,
                 type=item.type,
+                raw=raw,
                 data=data,
                 response_id=response_id,
                 created_at=now,
@@ -194,6 +194,15 @@ def append_rows(
 
 
 Segment = tuple[str, int, int]  # conversation id, first seq excluded, last seq included
+_SCAN_COLUMNS = (
+    items.c.seq,
+    items.c.id,
+    items.c.type,
+    items.c.response_id,
+    items.c.tokens,
+    items.c.data,
+    items.c.created_at,
+)
 
 
 def lineage(conn: sa.Connection, conv: Conversation) -> list[Segment]:
@@ -240,7 +249,7 @@ def scan(
         if low >= high:
             continue
         query = (
-            sa.select(items)
+            sa.select(*_SCAN_COLUMNS)
             .where(
                 items.c.tenant_id == tenant_id,
                 items.c.conversation_id == conv_id,
@@ -250,7 +259,21 @@ def scan(
             .order_by(items.c.seq.desc() if descending else items.c.seq)
             .limit(remaining)
         )
-        out.extend(item_from_row(row) for row in conn.execute(query))
+        # Plain tuples, not mapped rows: a window can be hundreds of items on every turn.
+        out.extend(
+            StoredItem(
+                tenant_id=tenant_id,
+                conversation_id=conv_id,
+                seq=seq,
+                id=item_id,
+                type=kind,
+                raw=raw,
+                response_id=response_id,
+                created_at=created_at,
+                tokens=tokens,
+            )
+            for seq, item_id, kind, response_id, tokens, raw, created_at in conn.execute(query)
+        )
     return out
 
 

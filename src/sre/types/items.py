@@ -169,6 +169,11 @@ def item_from_dict(data: dict[str, Any]) -> Message | FunctionCall | FunctionCal
     return ITEM_ADAPTER.validate_python(data)
 
 
+def item_from_json(raw: str) -> Message | FunctionCall | FunctionCallOutput:
+    """A stored item straight from its JSON (parsed and validated in one pass, in pydantic-core)."""
+    return ITEM_ADAPTER.validate_json(raw)
+
+
 def estimate_tokens(item: Message | FunctionCall | FunctionCallOutput) -> int:
     """A cheap, deterministic token estimate (4 characters a token, plus framing).
 

@@ -5,6 +5,7 @@ They carry ids and values only; no behaviour, no database handles. Every record 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,17 +50,56 @@ class Conversation:
     last_seq: int
 
 
-@dataclass(frozen=True, slots=True)
 class StoredItem:
-    tenant_id: str
-    conversation_id: str
-    seq: int
-    id: str
-    type: str
-    data: dict[str, Any]  # the item in Responses shape, id included
-    response_id: str | None
-    created_at: int
-    tokens: int
+    """An item as stored. Its JSON is parsed only when asked for: a turn hands hundreds of items
+    straight to the model and never needs them as dicts."""
+
+    __slots__ = (
+        "_data",
+        "conversation_id",
+        "created_at",
+        "id",
+        "raw",
+        "response_id",
+        "seq",
+        "tenant_id",
+        "tokens",
+        "type",
+    )
+
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        conversation_id: str,
+        seq: int,
+        id: str,
+        type: str,
+        raw: str,
+        response_id: str | None,
+        created_at: int,
+        tokens: int,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.conversation_id = conversation_id
+        self.seq = seq
+        self.id = id
+        self.type = type
+        self.raw = raw  # the item in Responses shape, id included, as JSON
+        self.response_id = response_id
+        self.created_at = created_at
+        self.tokens = tokens
+        self._data = data
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = json.loads(self.raw)
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"StoredItem(id={self.id!r}, conversation_id={self.conversation_id!r}, seq={self.seq})"
 
 
 @dataclass(frozen=True, slots=True)
