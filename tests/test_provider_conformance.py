@@ -287,6 +287,21 @@ async def test_failures_are_the_same_errors(
     assert info.value.retry_after == expected_retry_after
 
 
+async def test_server_error_then_success_through_the_gateway(wire: Wire) -> None:
+    """As configured for users (retries on): a 500, a 429 with Retry-After, then the answer."""
+    wire.fake.queue(Reply(status=500), Reply(status=429, retry_after="0"), Reply(text="third time lucky"))
+    model = wire.model(retries=2, retry_max_delay=1)
+    assert text_of(await collect(model)) == "third time lucky"
+    assert len(wire.fake.requests) == 3
+
+
+async def test_a_stream_cut_after_output_is_not_retried(wire: Wire) -> None:
+    wire.fake.queue(Reply(text="one two three four five", cut_after_chunks=7), Reply(text="never sent"))
+    with pytest.raises(ModelError) as info:
+        await collect(wire.model(retries=2))
+    assert info.value.code == "upstream_incomplete" and len(wire.fake.requests) == 1
+
+
 async def test_retry_after_as_an_http_date(wire: Wire) -> None:
     wire.fake.queue(Reply(status=429, retry_after=http_date(30)))
     with pytest.raises(RateLimited) as info:
