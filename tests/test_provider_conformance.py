@@ -296,7 +296,9 @@ async def test_server_error_then_success_through_the_gateway(wire: Wire) -> None
 
 
 async def test_a_stream_cut_after_output_is_not_retried(wire: Wire) -> None:
-    wire.fake.queue(Reply(text="one two three four five", cut_after_chunks=7), Reply(text="never sent"))
+    wire.fake.queue(
+        Reply(text="one two three four five six seven eight nine ten", cut_after_chunks=7), Reply(text="no")
+    )
     with pytest.raises(ModelError) as info:
         await collect(wire.model(retries=2))
     assert info.value.code == "upstream_incomplete" and len(wire.fake.requests) == 1
