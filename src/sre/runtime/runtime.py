@@ -82,6 +82,7 @@ class Runtime:
         self.settings = settings
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry()
         self.turns = TurnEngine(store, models)
+        self.warm_embeddings = True
 
     @classmethod
     def open(
@@ -110,15 +111,21 @@ class Runtime:
             registry = ModelRegistry.from_config(settings.config, env)
             if not registry.models:
                 registry.add(LocalChatModel(local_model_info()))
+        warm_embeddings = True
         if embeddings is None:
             embeddings = EmbeddingRegistry.from_config(settings.config)
             if not embeddings.models:
                 embeddings.add(local_embeddings())
+                # Available on demand, but loaded at start only in the embedded default.
+                warm_embeddings = all(m.info.provider == "local" for m in registry.models.values())
         store = Store(settings.database_url or sqlite_url(settings.data_dir))
-        return cls(store, registry, settings, embeddings)
+        runtime = cls(store, registry, settings, embeddings)
+        runtime.warm_embeddings = warm_embeddings
+        return runtime
 
     async def warm(self) -> None:
-        """Load local model weights now rather than on the first request."""
+        """Load local model weights now rather than on the first request (embedding models only where
+        they are configured, or in the embedded default)."""
         models: list[ChatModel | EmbeddingModel] = [
             *self.models.models.values(),
             *self.embeddings.models.values(),

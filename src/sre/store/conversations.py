@@ -97,7 +97,8 @@ def insert_conversation(
         last_seq=fork_seq if (parent is not None and fork_seq is not None) else 0,
     )
     conn.execute(
-        conversations.insert().values(
+        conversations.insert(),
+        dict(
             tenant_id=tenant_id,
             id=conv.id,
             hidden=hidden,
@@ -107,7 +108,7 @@ def insert_conversation(
             last_seq=conv.last_seq,
             created_at=conv.created_at,
             deleted_at=None,
-        )
+        ),
     )
     return conv
 
@@ -185,14 +186,15 @@ def append_rows(
             )
         )
     conn.execute(items.insert(), rows)
-    conn.execute(
-        conversations.update()
-        .where(conversations.c.tenant_id == conv.tenant_id, conversations.c.id == conv.id)
-        .values(last_seq=seq)
-    )
+    conn.execute(_SET_LAST_SEQ, {"tenant": conv.tenant_id, "conv": conv.id, "last_seq": seq})
     return stored
 
 
+_SET_LAST_SEQ = (
+    conversations.update()
+    .where(conversations.c.tenant_id == sa.bindparam("tenant"), conversations.c.id == sa.bindparam("conv"))
+    .values(last_seq=sa.bindparam("last_seq"))
+)
 Segment = tuple[str, int, int]  # conversation id, first seq excluded, last seq included
 _SCAN_COLUMNS = (
     items.c.seq,

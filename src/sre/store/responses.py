@@ -80,7 +80,8 @@ def response_from_row(row: sa.Row[Any]) -> ResponseRecord:
 
 def _insert_model_call(conn: sa.Connection, call: ModelCallRecord) -> None:
     conn.execute(
-        model_calls.insert().values(
+        model_calls.insert(),
+        dict(
             tenant_id=call.tenant_id,
             id=call.id,
             response_id=call.response_id,
@@ -97,7 +98,7 @@ def _insert_model_call(conn: sa.Connection, call: ModelCallRecord) -> None:
             cached_tokens=call.cached_tokens,
             tokens_exact=call.tokens_exact,
             cost_usd=call.cost_usd,
-        )
+        ),
     )
 
 
@@ -174,7 +175,8 @@ class ResponseRepository:
                 body=turn.body,
             )
             conn.execute(
-                responses.insert().values(
+                responses.insert(),
+                dict(
                     tenant_id=record.tenant_id,
                     id=record.id,
                     principal_id=record.principal_id,
@@ -187,7 +189,7 @@ class ResponseRepository:
                     body=dumps(record.body),
                     created_at=record.created_at,
                     completed_at=record.completed_at,
-                )
+                ),
             )
             return record, stored_in, stored_out
 

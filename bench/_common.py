@@ -1,0 +1,159 @@
+"""Shared helpers of the benchmarks: realistic message text, percentiles, the machine, `sre serve`."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+WORDS = (  # noqa: SIM905
+    "the a of to and in is it that for on with as was this be are have not at by from or an "
+    "but we can you they which their will would there what about when so if more one all some "
+    "could time only like into also then these them other than its way our well should because "
+    "deploy service request latency budget schedule invoice customer report draft summary "
+    "meeting review account update feature release question answer context window token "
+    "database index migration cluster region backup policy retry timeout error message"
+).split()
+
+SCRIPTED_CONFIG = """default_model = "s"
+
+[models.s]
+provider = "scripted"
+replies = ["ok"]
+context_window = 8192
+"""
+
+
+def sentence(rng: random.Random, chars: int = 200) -> str:
+    """About `chars` characters of plausible prose."""
+    out: list[str] = []
+    length = 0
+    while length < chars - 1:
+        word = rng.choice(WORDS)
+        out.append(word)
+        length += len(word) + 1
+    text = " ".join(out)
+    return text[0].upper() + text[1 : chars - 1] + "."
+
+
+def seed_messages(n: int, seed: int = 7) -> list[tuple[str, str]]:
+    """`n` (role, text) pairs alternating user/assistant, each about 200 characters."""
+    rng = random.Random(seed)
+    return [("user" if i % 2 == 0 else "assistant", sentence(rng)) for i in range(n)]
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), round(p / 100 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+def summary_ms(samples_s: list[float]) -> tuple[float, float]:
+    ordered = sorted(s * 1000 for s in samples_s)
+    return percentile(ordered, 50), percentile(ordered, 95)
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=False
+        ).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def revision() -> str:
+    """The SRE code measured: the last commit that touched src/ or pyproject.toml (`+dirty` with edits)."""
+    root = Path(__file__).resolve().parent.parent
+    paths = ["--", "src", "pyproject.toml"]
+    try:
+        head = subprocess.run(
+            ["git", "log", "-1", "--format=%h", *paths], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", *paths], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """`sre serve --no-auth` with the scripted model, as a real subprocess (see tests/support/server.py)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.config = data_dir / "bench-models.toml"
+        self.log_path = data_dir / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 60.0) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(SCRIPTED_CONFIG)
+        cmd = [
+            sys.executable, "-m", "sre", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+            "--config", str(self.config), "--no-auth",
+        ]  # fmt: skip
+        env = {**os.environ, "SRE_BLOCK_MODEL_REQUESTS": "1"}
+        self._log = self.log_path.open("a")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log_path.read_text()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.close()
