@@ -217,3 +217,24 @@ def test_sync_runtime(tmp_path: Path) -> None:
         events = rt.stream_response(caller, {"input": "two", "conversation": conv["id"]})
         assert events[-1]["type"] == "response.completed"
         assert len(rt.list_items(caller, conv["id"])["data"]) == 4
+
+
+async def test_a_turn_whose_conversation_vanishes_ends_its_stream_with_an_error(tmp_path: Path) -> None:
+    runtime: Runtime | None = None
+
+    def deleting(request: object) -> str:
+        assert runtime is not None
+        runtime.store.conversations.delete(caller.tenant_id, conv["id"])  # another client, meanwhile
+        return "too late"
+
+    runtime = Runtime.open(data_dir=tmp_path, models=[FunctionModel(deleting)], env={})
+    caller = runtime.local_caller()
+    try:
+        conv = await runtime.create_conversation(caller)
+        stream = await runtime.stream_response(caller, {"input": "x", "conversation": conv["id"]})
+        events = [event async for event in stream]
+        assert events[-1]["type"] == "error" and events[-1]["code"] == "not_found"
+        assert events[-1]["sequence_number"] == events[-2]["sequence_number"] + 1
+        assert "response.completed" not in [e["type"] for e in events]
+    finally:
+        await runtime.aclose()

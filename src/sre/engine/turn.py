@@ -186,12 +186,22 @@ class TurnEngine:
 
     async def stream(self, turn: PreparedTurn) -> AsyncIterator[Event]:
         queue = self.start(turn, events=True)
+        last = -1
         while True:
             event = await queue.get()
             if event is _DONE:
                 return
             if isinstance(event, dict):
+                last = event["sequence_number"]
                 yield event
+            elif isinstance(event, SREError):  # the turn could not be committed: say so, last
+                yield {
+                    "type": "error",
+                    "code": event.code or event.error_type,
+                    "message": event.message,
+                    "param": event.param,
+                    "sequence_number": last + 1,
+                }
 
     async def respond(self, turn: PreparedTurn) -> dict[str, Any]:
         queue = self.start(turn, events=False)
