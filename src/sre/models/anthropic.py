@@ -17,7 +17,6 @@ import httpx
 
 from sre.models.base import (
     AnyItem,
-    ChatModel,
     Finish,
     FinishReason,
     FunctionTool,
@@ -30,6 +29,7 @@ from sre.models.base import (
 )
 from sre.models.guard import check_allowed
 from sre.models.upstream import (
+    HTTPModel,
     cut_short,
     json_object,
     malformed,
@@ -168,27 +168,16 @@ def _tool_choice(choice: str | dict[str, Any] | None, parallel: bool | None) -> 
     return out
 
 
-class AnthropicModel(ChatModel):
+class AnthropicModel(HTTPModel):
+    default_base_url = DEFAULT_BASE_URL
+
     def __init__(self, info: ModelInfo) -> None:
         super().__init__(info)
         opts = info.options
-        base = str(opts.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
         # Anthropic's SDKs take the base URL without `/v1`; accept it with one too.
-        self.base_url = base.removesuffix("/v1")
-        self.api_key = opts.get("api_key")
+        self.base_url = self.base_url.removesuffix("/v1")
         self.version = str(opts.get("anthropic_version") or DEFAULT_VERSION)
         self.max_tokens_default = int(opts.get("max_tokens_default") or DEFAULT_MAX_TOKENS)
-        self.headers = {str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()}
-        self.query = {str(k): str(v) for k, v in dict(opts.get("query") or {}).items()}
-        self.timeout = httpx.Timeout(
-            float(opts.get("read_timeout", 300.0)), connect=float(opts.get("connect_timeout", 10.0))
-        )
-        self._client: httpx.AsyncClient | None = None
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
 
     def build_body(self, request: ModelRequest) -> dict[str, Any]:
         system, messages = to_messages(request.instructions, request.items)
@@ -233,11 +222,6 @@ class AnthropicModel(ChatModel):
                     yield event
         except httpx.HTTPError as exc:
             raise transport_error(self.name, exc) from None
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
 
 class _MessageStream:

@@ -15,7 +15,6 @@ import httpx
 
 from sre.models.base import (
     AnyItem,
-    ChatModel,
     Finish,
     FinishReason,
     FunctionTool,
@@ -28,7 +27,7 @@ from sre.models.base import (
 )
 from sre.models.guard import check_allowed
 from sre.models.tokens import TextTokenizer, encoding_for, tiktoken_tokenizer
-from sre.models.upstream import cut_short, malformed, status_error, stream_error, transport_error
+from sre.models.upstream import HTTPModel, cut_short, malformed, status_error, stream_error, transport_error
 from sre.types.items import FunctionCall, FunctionCallOutput, InputImage, Message
 
 _FINISH: dict[str, FinishReason] = {
@@ -96,28 +95,15 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
     return choice
 
 
-class OpenAIChatModel(ChatModel):
+class OpenAIChatModel(HTTPModel):
     def __init__(self, info: ModelInfo) -> None:
         super().__init__(info)
         opts = info.options
-        self.base_url = str(opts.get("base_url") or "https://api.openai.com/v1").rstrip("/")
-        self.api_key = opts.get("api_key")
-        self.headers = {str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()}
-        self.query = {str(k): str(v) for k, v in dict(opts.get("query") or {}).items()}
         self.max_tokens_param = str(opts.get("max_tokens_param", "max_tokens"))
-        self.timeout = httpx.Timeout(
-            float(opts.get("read_timeout", 300.0)), connect=float(opts.get("connect_timeout", 10.0))
-        )
-        self._client: httpx.AsyncClient | None = None
 
     def tokenizer(self) -> TextTokenizer | None:
         encoding = encoding_for(self.info.upstream_model)
         return None if encoding is None else tiktoken_tokenizer(encoding)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
 
     def build_body(self, request: ModelRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -201,8 +187,3 @@ class OpenAIChatModel(ChatModel):
         if finish is None:
             raise cut_short(self.name)
         yield Finish(finish)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None

@@ -15,12 +15,10 @@ import httpx
 
 from sre.models.base import (
     AnyItem,
-    ChatModel,
     Finish,
     FinishReason,
     FunctionTool,
     ModelEvent,
-    ModelInfo,
     ModelRequest,
     TextDelta,
     ToolCallDelta,
@@ -29,6 +27,7 @@ from sre.models.base import (
 from sre.models.guard import check_allowed
 from sre.models.tokens import TextTokenizer, encoding_for, tiktoken_tokenizer
 from sre.models.upstream import (
+    HTTPModel,
     cut_short,
     json_object,
     malformed,
@@ -109,27 +108,10 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
     return choice
 
 
-class OpenAIResponsesModel(ChatModel):
-    def __init__(self, info: ModelInfo) -> None:
-        super().__init__(info)
-        opts = info.options
-        self.base_url = str(opts.get("base_url") or "https://api.openai.com/v1").rstrip("/")
-        self.api_key = opts.get("api_key")
-        self.headers = {str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()}
-        self.query = {str(k): str(v) for k, v in dict(opts.get("query") or {}).items()}
-        self.timeout = httpx.Timeout(
-            float(opts.get("read_timeout", 300.0)), connect=float(opts.get("connect_timeout", 10.0))
-        )
-        self._client: httpx.AsyncClient | None = None
-
+class OpenAIResponsesModel(HTTPModel):
     def tokenizer(self) -> TextTokenizer | None:
         encoding = encoding_for(self.info.upstream_model)
         return None if encoding is None else tiktoken_tokenizer(encoding)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
 
     def build_body(self, request: ModelRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -217,11 +199,6 @@ class OpenAIResponsesModel(ChatModel):
             elif kind == "error":
                 raise stream_error(self.name, str(event.get("message") or "stream error"), event.get("code"))
         raise cut_short(self.name)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
 
 def _usage(raw: object) -> Usage | None:

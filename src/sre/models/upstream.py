@@ -1,6 +1,7 @@
 """What every HTTP provider shares: turning an upstream's failure into SRE's errors.
 
-A 429 becomes `RateLimited`, a 400 `InvalidRequest`, other statuses `ModelError`; 408, 409, 429
+`HTTPModel` holds the connection settings every HTTP provider takes (base URL, key, extra headers
+and query parameters, connect and read timeouts) and one pooled client. A 429 becomes `RateLimited`, a 400 `InvalidRequest`, other statuses `ModelError`; 408, 409, 429
 and 5xx are marked retryable, with `Retry-After` (seconds or an HTTP date) carried along for the
 retry wrapper. Errors an upstream reports inside a stream go through `stream_error`, and the
 server-sent event framing every streaming wire format shares is read here too. Providers call
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from sre.models.base import ChatModel, ModelInfo
 from sre.types.errors import InvalidRequest, ModelError, RateLimited, SREError
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -155,3 +157,31 @@ def json_object(model: str, payload: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise malformed(model)
     return value
+
+
+class HTTPModel(ChatModel):
+    """A provider that talks HTTP: its settings from configuration, and one client, made on first use."""
+
+    default_base_url = "https://api.openai.com/v1"
+
+    def __init__(self, info: ModelInfo) -> None:
+        super().__init__(info)
+        opts = info.options
+        self.base_url = str(opts.get("base_url") or self.default_base_url).rstrip("/")
+        self.api_key: str | None = opts.get("api_key")
+        self.headers = {str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()}
+        self.query = {str(k): str(v) for k, v in dict(opts.get("query") or {}).items()}
+        self.timeout = httpx.Timeout(
+            float(opts.get("read_timeout", 300.0)), connect=float(opts.get("connect_timeout", 10.0))
+        )
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
