@@ -30,6 +30,7 @@ UNKNOWN = {
     "msg": "msg_" + "0" * 32,
 }
 _UNSET: Any = object()
+LOOKUP = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
 
 
 # -- the world every case runs against ------------------------------------------------------------
@@ -98,6 +99,13 @@ async def world(store_url: str) -> AsyncIterator[World]:
     w.ids["conv_deleted"] = gone["id"]
     conv_b = await _ok(client, "POST", "/v1/conversations", b, {"items": [{"role": "user", "content": "B"}]})
     w.ids["conv_b"] = conv_b["id"]
+    await _ok(
+        client, "POST", "/v1/agents", a, {"name": "helper", "instructions": "Be brief.", "tools": [LOOKUP]}
+    )
+    await _ok(client, "POST", "/v1/agents/helper", a, {"instructions": "Be briefer."})
+    await _ok(client, "POST", "/v1/agents", a, {"name": "gone"})
+    await _ok(client, "DELETE", "/v1/agents/gone", a)
+    w.ids.update(agent_a="helper", agent_deleted="gone")
     w.ids.update({f"unknown_{k}": v for k, v in UNKNOWN.items()})
     try:
         yield w
@@ -169,6 +177,12 @@ def _cases() -> list[Case]:
         ("GET", "/v1/conversations/{conv_a}/items", _UNSET),
         ("GET", "/v1/conversations/{conv_a}/items/{item_a}", _UNSET),
         ("DELETE", "/v1/conversations/{conv_a}/items/{item_a}", _UNSET),
+        ("POST", "/v1/agents", {"name": "fresh"}),
+        ("GET", "/v1/agents", _UNSET),
+        ("GET", "/v1/agents/{agent_a}", _UNSET),
+        ("POST", "/v1/agents/{agent_a}", {"instructions": "x"}),
+        ("DELETE", "/v1/agents/{agent_a}", _UNSET),
+        ("GET", "/v1/agents/{agent_a}/versions", _UNSET),
     ]
     auth = {
         "none": "missing_api_key",
@@ -494,6 +508,158 @@ def _cases() -> list[Case]:
         add(Case(f"{tag}-nul", method, ci + "/msg_%00", 404, "item_id", "not_found"))
         add(Case(f"{tag}-long", method, ci + "/" + "m" * 300, 404, "item_id", "not_found"))
 
+    # -- POST /v1/agents --
+    ag = "/v1/agents"
+    add(Case("agent-create-json-malformed", "POST", ag, 400, content=b'{"name": "x",'))
+    add(Case("agent-create-json-array", "POST", ag, 400, json=[{"name": "x"}]))
+    add(Case("agent-create-json-string", "POST", ag, 400, json="x"))
+    add(Case("agent-create-no-body", "POST", ag, 400, content=b""))
+    add(Case("agent-create-missing-name", "POST", ag, 400, "name", "missing_required_parameter", json={}))
+    add(Case("agent-create-unknown-field", "POST", ag, 400, "color", "unknown_parameter",
+             json={"name": "x", "color": "red"}))
+    add(Case("agent-create-version-field", "POST", ag, 400, "version", "unknown_parameter",
+             json={"name": "x", "version": 3}))
+    agent_fields: list[tuple[str, Any]] = [
+        ("name", 5),
+        ("name", ""),
+        ("name", "bad name!"),
+        ("name", "a/b"),
+        ("name", "agent:x"),
+        ("name", "n" * 65),
+        ("name", None),
+        ("instructions", 5),
+        ("instructions", ["be nice"]),
+        ("model", 5),
+        ("model", ""),
+        ("model", "m" * 201),
+        ("tools", "lookup"),
+        ("tools", None),
+        ("tools", LOOKUP),
+        ("tools[0]", [5]),
+        ("tools[0].type", [{"type": "web_search"}]),
+        ("tools[0].name", [{"type": "function", "name": "bad name!"}]),
+        ("tools[0].parameters", [{"type": "function", "name": "x", "parameters": "{}"}]),
+        ("tools[0].color", [{"type": "function", "name": "x", "color": "red"}]),
+        ("tools[1].name", [LOOKUP, {**LOOKUP, "description": "again"}]),
+        ("tools", [{"type": "function", "name": f"t{i}"} for i in range(129)]),
+        ("metadata", {f"k{i}": "v" for i in range(17)}),
+        ("metadata.k", {"k": 5}),
+        ("metadata", "k=v"),
+        ("limits", 5),
+        ("limits", None),
+        ("limits.max_steps", {"max_steps": 0}),
+        ("limits.max_steps", {"max_steps": -1}),
+        ("limits.max_steps", {"max_steps": "3"}),
+        ("limits.max_steps", {"max_steps": 1.5}),
+        ("limits.max_steps", {"max_steps": True}),
+        ("limits.max_tool_calls", {"max_tool_calls": 0}),
+        ("limits.max_tool_calls", {"max_tool_calls": 10**12}),
+        ("limits.deadline_seconds", {"deadline_seconds": 0}),
+        ("limits.deadline_seconds", {"deadline_seconds": 10**9}),
+        ("limits.steps", {"steps": 3}),
+        ("approval", "always"),
+        ("approval.tools_requiring_approval", {"tools_requiring_approval": "lookup"}),
+        ("approval.tools_requiring_approval[1]", {"tools_requiring_approval": ["lookup", "bad name"]}),
+        ("approval.tools_requiring_approval[0]", {"tools_requiring_approval": [5]}),
+        ("approval.when", {"when": "always"}),
+        ("concurrency", "sometimes"),
+        ("concurrency", 5),
+        ("concurrency", None),
+    ]
+    for param, value in agent_fields:
+        field_name = param.split(".")[0].split("[")[0]
+        add(Case(f"agent-create-{param}={json.dumps(value)[:40]}", "POST", ag, 400, param,
+                 json={"name": "fresh", field_name: value}))
+    add(Case("agent-create-unknown-model", "POST", ag, 400, "model", "model_not_found",
+             json={"name": "fresh", "model": "gpt-9"}))
+    add(Case("agent-create-agent-as-model", "POST", ag, 400, "model", "model_not_found",
+             json={"name": "fresh", "model": "agent:helper"}))
+    add(Case("agent-create-exists", "POST", ag, 409, "name", "agent_exists", json={"name": "{agent_a}"},
+             check=_agent_a_intact))
+    add(Case("agent-create-exists-other-tenant-ok-but-bad-model", "POST", ag, 400, "model", "model_not_found",
+             key="b", json={"name": "{agent_a}", "model": "gpt-9"}))
+
+    # -- GET /v1/agents --
+    for name, params, param in (
+        ("limit-0", {"limit": "0"}, "limit"),
+        ("limit-101", {"limit": "101"}, "limit"),
+        ("limit-abc", {"limit": "abc"}, "limit"),
+        ("order-sideways", {"order": "sideways"}, "order"),
+        ("after-bad-name", {"after": "bad name"}, "after"),
+        ("after-long", {"after": "a" * 65}, "after"),
+        ("after-nul", {"after": "a\u0000"}, "after"),
+    ):
+        add(Case(f"agents-list-{name}", "GET", ag, 400, param, params=params))
+
+    # -- GET / POST (update) / DELETE /v1/agents/{name}, GET .../versions --
+    missing_agent = [
+        ("unknown", "nobody", "a"),
+        ("other-tenant", "{agent_a}", "b"),
+        ("deleted", "{agent_deleted}", "a"),
+        ("bad-name", "bad%20name", "a"),
+        ("agent-prefix", "agent:helper", "a"),
+        ("nul", "a%00", "a"),
+        ("long", "a" * 300, "a"),
+    ]
+    for name, agent, who in missing_agent:
+        base = f"/v1/agents/{agent}"
+        add(Case(f"agent-get-{name}", "GET", base, 404, "name", "not_found", key=who))
+        add(Case(f"agent-get-version-{name}", "GET", base, 404, "name", "not_found", key=who,
+                 params={"version": "1"}))
+        add(Case(f"agent-update-{name}", "POST", base, 404, "name", "not_found", key=who,
+                 json={"instructions": "mine now"}, check=_agent_a_intact))
+        add(Case(f"agent-delete-{name}", "DELETE", base, 404, "name", "not_found", key=who,
+                 check=_agent_a_intact))
+        add(Case(f"agent-versions-{name}", "GET", base + "/versions", 404, "name", "not_found", key=who))
+    aa = "/v1/agents/{agent_a}"
+    for name, value in (("0", "0"), ("negative", "-1"), ("abc", "abc"), ("float", "1.5"), ("empty", ""),
+                        ("huge", str(2**31)), ("huger", "9" * 30)):
+        add(Case(f"agent-get-version-{name}", "GET", aa, 400, "version", params={"version": value}))
+        add(Case(f"agent-versions-after-{name}", "GET", aa + "/versions", 400, "after", params={"after": value}))
+    add(Case("agent-get-version-not-written", "GET", aa, 404, "version", "not_found", params={"version": "3"}))
+    for name, params, param in (
+        ("limit-0", {"limit": "0"}, "limit"),
+        ("limit-101", {"limit": "101"}, "limit"),
+        ("order-sideways", {"order": "sideways"}, "order"),
+    ):
+        add(Case(f"agent-versions-{name}", "GET", aa + "/versions", 400, param, params=params))
+    add(Case("agent-update-json-malformed", "POST", aa, 400, content=b'{"instructions": '))
+    add(Case("agent-update-json-array", "POST", aa, 400, json=[{"instructions": "x"}]))
+    add(Case("agent-update-no-body", "POST", aa, 400, content=b""))
+    add(Case("agent-update-rename", "POST", aa, 400, "name", "unknown_parameter", json={"name": "other"},
+             check=_agent_a_intact))
+    add(Case("agent-update-unknown-field", "POST", aa, 400, "color", "unknown_parameter", json={"color": "red"}))
+    for param, value in agent_fields:
+        field_name = param.split(".")[0].split("[")[0]
+        if field_name == "name" or value is None:
+            continue  # no name in an update; null puts a field back to its default
+        add(Case(f"agent-update-{param}={json.dumps(value)[:40]}", "POST", aa, 400, param,
+                 json={field_name: value}, check=_agent_a_intact))
+    add(Case("agent-update-unknown-model", "POST", aa, 400, "model", "model_not_found", json={"model": "gpt-9"},
+             check=_agent_a_intact))
+    add(Case("agent-update-unknown-model-of-unknown-agent", "POST", "/v1/agents/nobody", 400, "model",
+             "model_not_found", json={"model": "gpt-9"}))
+
+    # -- POST /v1/responses naming an agent --
+    for name, model, who, code in (
+        ("unknown", "agent:nobody", "a", "model_not_found"),
+        ("other-tenant", "agent:{agent_a}", "b", "model_not_found"),
+        ("deleted", "agent:{agent_deleted}", "a", "model_not_found"),
+        ("unknown-version", "agent:{agent_a}@3", "a", "model_not_found"),
+        ("huge-version", "agent:{agent_a}@" + "9" * 40, "a", "model_not_found"),
+        ("empty-name", "agent:", "a", "invalid_value"),
+        ("bad-name", "agent:bad name", "a", "invalid_value"),
+        ("bad-version", "agent:{agent_a}@one", "a", "invalid_value"),
+        ("empty-version", "agent:{agent_a}@", "a", "invalid_value"),
+        ("negative-version", "agent:{agent_a}@-1", "a", "invalid_value"),
+        ("two-versions", "agent:{agent_a}@1@2", "a", "invalid_value"),
+    ):
+        add(Case(f"resp-agent-{name}", "POST", r, 400, "model", code, key=who, json={"input": "hi", "model": model}))
+        add(Case(f"resp-agent-{name}-stream", "POST", r, 400, "model", code, key=who,
+                 json={"input": "hi", "model": model, "stream": True}))
+    add(Case("resp-agent-input-tokens-unknown", "POST", "/v1/responses/input_tokens", 400, "model",
+             "model_not_found", json={"input": "hi", "model": "agent:nobody"}))
+
     # -- bodies over the limit: 413, with a length or streamed without one --
     big = {"input": "x" * (MAX_BODY + 1)}
     add(Case("resp-too-large", "POST", r, 413, None, "request_too_large", json=big))
@@ -507,6 +673,10 @@ def _cases() -> list[Case]:
     add(Case("items-create-too-large", "POST", ci, 413, None, "request_too_large",
              json={"items": [_msg("z" * (MAX_BODY + 1))]}))
     add(Case("fork-too-large", "POST", fk, 413, None, "request_too_large", json={"item_id": "i" * (MAX_BODY + 1)}))
+    add(Case("agent-create-too-large", "POST", ag, 413, None, "request_too_large",
+             json={"name": "big", "instructions": "i" * (MAX_BODY + 1)}))
+    add(Case("agent-update-too-large", "POST", aa, 413, None, "request_too_large",
+             chunks=tuple([b'{"instructions": "'] + [b"i" * 8192] * 9 + [b'"}'])))
 
     # -- unknown routes and wrong methods, in the same shape --
     for method, path, status in (
@@ -524,12 +694,27 @@ def _cases() -> list[Case]:
         ("PUT", "/v1/conversations/{conv_a}/items", 405),
         ("POST", "/v1/responses/{resp_a}", 405),
         ("DELETE", "/v1/conversations/{conv_a}/fork", 405),
+        ("PUT", "/v1/agents", 405),
+        ("DELETE", "/v1/agents", 405),
+        ("PUT", "/v1/agents/{agent_a}", 405),
+        ("PATCH", "/v1/agents/{agent_a}", 405),
+        ("POST", "/v1/agents/{agent_a}/versions", 405),
+        ("GET", "/v1/agents/{agent_a}/versions/1", 404),
     ):
         add(Case(f"route-{status}-{method}-{path}", method, path, status, None, None))
         add(Case(f"route-{status}-{method}-{path}-no-key", method, path, status, None, None, key="none"))
 
     return cases
     # fmt: on
+
+
+async def _agent_a_intact(w: World) -> None:
+    """Tenant A's agent is still at version 2, unchanged, with its first version behind it."""
+    a = w.secrets["a"]
+    agent = await _ok(w.client, "GET", f"/v1/agents/{w.ids['agent_a']}", a)
+    assert (agent["version"], agent["instructions"], agent["tools"]) == (2, "Be briefer.", [LOOKUP])
+    versions = await _ok(w.client, "GET", f"/v1/agents/{w.ids['agent_a']}/versions", a)
+    assert [v["version"] for v in versions["data"]] == [2, 1]
 
 
 async def _conv_a_intact(w: World) -> None:

@@ -38,7 +38,7 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
 def test_help_lists_the_commands() -> None:
     done = sre("--help")
     assert done.returncode == 0
-    for command in ("serve", "chat", "keys", "db"):
+    for command in ("serve", "chat", "keys", "conversations", "agents", "db"):
         assert command in done.stdout
 
 
@@ -66,10 +66,63 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert "--tenant" in sre("keys", "create", "--principal", "x", "--data-dir", data).stderr
 
 
+def test_conversations_fork_and_agents(tmp_path: Path) -> None:
+    import asyncio
+
+    from sre import Runtime
+    from sre.testing import ScriptedModel
+
+    data = str(tmp_path / "data")
+
+    async def seed() -> tuple[str, str]:
+        runtime = Runtime.open(data_dir=data, models=[ScriptedModel(name="small")], env={})
+        try:
+            caller = runtime.local_caller()
+            conv = await runtime.create_conversation(
+                caller, {"items": [{"role": "user", "content": w} for w in ("a", "b", "c")]}
+            )
+            await runtime.create_agent(caller, {"name": "helper", "instructions": "Be brief."})
+            first = (await runtime.list_items(caller, conv["id"], order="asc"))["data"][0]["id"]
+            return str(conv["id"]), str(first)
+        finally:
+            await runtime.aclose()
+
+    conv_id, first_item = asyncio.run(seed())
+    forked = sre("conversations", "fork", conv_id, "--at", first_item, "--data-dir", data)
+    assert forked.returncode == 0, forked.stderr
+    fork_id = forked.stdout.strip()
+    assert fork_id.startswith("conv_") and fork_id != conv_id
+
+    async def fork_items() -> list[str]:
+        runtime = Runtime.open(data_dir=data, models=[ScriptedModel(name="small")], env={})
+        try:
+            listed = await runtime.list_items(runtime.local_caller(), fork_id, order="asc")
+            return [i["content"][0]["text"] for i in listed["data"]]
+        finally:
+            await runtime.aclose()
+
+    assert asyncio.run(fork_items()) == ["a"]  # the parent's items up to the fork point, not copied
+    whole = sre("conversations", "fork", conv_id, "--data-dir", data)
+    assert whole.returncode == 0 and whole.stdout.strip().startswith("conv_")
+    assert "not found" in one_line_error(sre("conversations", "fork", "conv_nope", "--data-dir", data))
+    assert "not found" in one_line_error(
+        sre("conversations", "fork", conv_id, "--at", "msg_nope", "--data-dir", data)
+    )
+    assert "no tenant" in one_line_error(
+        sre("conversations", "fork", conv_id, "--tenant", "nobody", "--data-dir", data)
+    )
+    listed = sre("agents", "list", "--data-dir", data)
+    assert listed.returncode == 0 and "helper" in listed.stdout, listed.stderr
+    shown = sre("agents", "show", "helper", "--data-dir", data)
+    assert shown.returncode == 0 and '"instructions": "Be brief."' in shown.stdout
+    assert sre("agents", "delete", "helper", "--data-dir", data).returncode == 0
+    assert "not found" in one_line_error(sre("agents", "show", "helper", "--data-dir", data))
+
+
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     first = sre("db", "upgrade", "--data-dir", data)
-    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0002" in first.stderr
+    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0003" in first.stderr
     again = sre("db", "upgrade", "--data-dir", data)
     assert again.returncode == 0 and "up to date" in again.stderr
 

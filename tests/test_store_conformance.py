@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,10 +15,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from sre.store import Store, TurnCommit
-from sre.store.schema import api_keys, items, metadata
+from sre.store.schema import agents, api_keys, items, metadata
 from sre.types.errors import Conflict, InvalidRequest, NotFound
 from sre.types.items import Message, OutputText, parse_input_items
-from sre.types.records import ResponseRecord
+from sre.types.records import AgentVersion, ResponseRecord
 
 
 def tenant(store: Store) -> str:
@@ -276,3 +277,135 @@ def test_concurrent_appends_keep_one_order(store: Store) -> None:
     for name in "abc":
         mine = [x for x in texts(listed) if x.startswith(name)]
         assert mine == [f"{name}{i}" for i in range(25)]
+
+
+# -- agents ------------------------------------------------------------------------------------
+
+
+def bump(current: AgentVersion) -> dict[str, Any]:
+    return {"n": current.definition["n"] + 1}
+
+
+def test_agent_versions_are_appended_and_deletion_keeps_the_numbering(store: Store) -> None:
+    t = tenant(store)
+    first = store.agents.create(t, "helper", {"n": 1})
+    assert (first.name, first.version, first.definition) == ("helper", 1, {"n": 1})
+    with pytest.raises(Conflict):
+        store.agents.create(t, "helper", {"n": 99})
+    second = store.agents.update(t, "helper", bump)
+    assert (second.version, second.definition) == (2, {"n": 2})
+    assert store.agents.get(t, "helper").version == 2
+    assert store.agents.get(t, "helper", 1).definition == {"n": 1}  # never rewritten
+    with pytest.raises(NotFound) as missing:
+        store.agents.get(t, "helper", 3)
+    assert missing.value.param == "version"
+    assert [v.version for v in store.agents.versions(t, "helper").data] == [2, 1]
+    store.agents.delete(t, "helper")
+    for call in (
+        lambda: store.agents.get(t, "helper"),
+        lambda: store.agents.get(t, "helper", 1),
+        lambda: store.agents.update(t, "helper", bump),
+        lambda: store.agents.delete(t, "helper"),
+        lambda: store.agents.versions(t, "helper"),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    assert store.agents.list(t).data == []
+    again = store.agents.create(t, "helper", {"n": 10})
+    assert again.version == 3  # the numbers go on; the old versions stay deleted
+    assert [v.version for v in store.agents.versions(t, "helper").data] == [3]
+    with pytest.raises(NotFound):
+        store.agents.get(t, "helper", 1)
+    with store.db.read() as conn:
+        rows = conn.execute(
+            sa.select(agents.c.version, agents.c.deleted_at.is_not(None))
+            .where(agents.c.tenant_id == t)
+            .order_by(agents.c.version)
+        ).all()
+    assert [tuple(r) for r in rows] == [(1, True), (2, True), (3, False)]
+
+
+def test_agents_of_one_tenant_are_invisible_to_another(store: Store) -> None:
+    a, b = tenant(store), tenant(store)
+    store.agents.create(a, "secret", {"n": 1})
+    for call in (
+        lambda: store.agents.get(b, "secret"),
+        lambda: store.agents.get(b, "secret", 1),
+        lambda: store.agents.update(b, "secret", bump),
+        lambda: store.agents.delete(b, "secret"),
+        lambda: store.agents.versions(b, "secret"),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    assert store.agents.list(b).data == []
+    mine = store.agents.create(b, "secret", {"n": 7})  # the same name, a different agent
+    assert mine.version == 1
+    assert store.agents.get(a, "secret").definition == {"n": 1}
+
+
+def test_agents_list_by_name_with_cursors(store: Store) -> None:
+    t = tenant(store)
+    names = ["a-1", "a_2", "B", "a", "z9", "m"]
+    for name in names:
+        store.agents.create(t, name, {"n": 1})
+    store.agents.update(t, "m", bump)
+    store.agents.delete(t, "z9")
+    expected = sorted(set(names) - {"z9"})  # byte order on both stores
+    first = store.agents.list(t, limit=2)
+    assert [r.name for r in first.data] == expected[:2] and first.has_more
+    rest = store.agents.list(t, limit=10, after=first.data[-1].name)
+    assert [r.name for r in rest.data] == expected[2:] and not rest.has_more
+    newest = store.agents.list(t, limit=10, order="desc")
+    assert [r.name for r in newest.data] == expected[::-1]
+    assert [r.name for r in store.agents.list(t, order="desc", after="a_2").data] == ["a-1", "a", "B"]
+    assert {r.name: r.version for r in rest.data}["m"] == 2  # the newest version of each
+    page = store.agents.versions(t, "m", limit=1, order="asc")
+    assert [v.version for v in page.data] == [1] and page.has_more
+    assert [v.version for v in store.agents.versions(t, "m", after=1, order="asc").data] == [2]
+    assert [v.version for v in store.agents.versions(t, "m", after=2).data] == [1]
+
+
+def test_concurrent_agent_updates_get_distinct_consecutive_versions(store: Store) -> None:
+    t = tenant(store)
+    store.agents.create(t, "busy", {"n": 1})
+    errors: list[BaseException] = []
+    written: list[int] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(10):
+                written.append(store.agents.update(t, "busy", bump).version)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert sorted(written) == list(range(2, 42))
+    latest = store.agents.get(t, "busy")
+    assert latest.version == 41 and latest.definition == {"n": 41}  # each built on the one before
+
+
+def test_concurrent_creates_of_one_name_make_one_agent(store: Store) -> None:
+    t = tenant(store)
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def creator(i: int) -> None:
+        barrier.wait()
+        try:
+            store.agents.create(t, "race", {"n": i})
+            outcomes.append("created")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=creator, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(outcomes) == ["conflict"] * 3 + ["created"]
+    assert [v.version for v in store.agents.versions(t, "race").data] == [1]

@@ -1,4 +1,4 @@
-"""The HTTP API: OpenAI-compatible Responses and Conversations routes over `Runtime`.
+"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents, over `Runtime`.
 
 Routes parse input (pydantic models shared with the Python API), resolve the caller from the
 bearer key, call one `Runtime` method and shape the result. Nothing else happens here.
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sre.api import errors
 from sre.api.limits import BodyLimit
 from sre.runtime import Runtime
+from sre.types.agents import MAX_AGENT_VERSION, AgentDefinition, UpdateAgent
 from sre.types.errors import SREError, Unauthenticated
 from sre.types.records import Caller
 from sre.types.requests import (
@@ -33,6 +34,7 @@ from sre.types.requests import (
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[str, Query(pattern="^(asc|desc)$")]
 After = Annotated[str | None, Query(max_length=64)]
+Version = Annotated[int | None, Query(ge=1, le=MAX_AGENT_VERSION)]
 
 
 class ForkConversation(BaseModel):
@@ -204,5 +206,35 @@ def create_app(
     @app.delete("/v1/conversations/{conversation_id}/items/{item_id}", tags=["conversations"])
     async def delete_item(conversation_id: str, item_id: str, who: Who) -> dict[str, Any]:
         return await runtime.delete_item(who, conversation_id, item_id)
+
+    # -- agents (SRE's own) ---------------------------------------------------------------------
+
+    @app.post("/v1/agents", tags=["agents"])
+    async def create_agent(body: AgentDefinition, who: Who) -> dict[str, Any]:
+        return await runtime.create_agent(who, body)
+
+    @app.get("/v1/agents", tags=["agents"])
+    async def list_agents(
+        who: Who, after: After = None, limit: Limit = 20, order: Order = "asc"
+    ) -> dict[str, Any]:
+        return await runtime.list_agents(who, after=after, limit=limit, order=order)
+
+    @app.get("/v1/agents/{name}", tags=["agents"])
+    async def get_agent(name: str, who: Who, version: Version = None) -> dict[str, Any]:
+        return await runtime.get_agent(who, name, version=version)
+
+    @app.post("/v1/agents/{name}", tags=["agents"])
+    async def update_agent(name: str, body: UpdateAgent, who: Who) -> dict[str, Any]:
+        return await runtime.update_agent(who, name, body)
+
+    @app.delete("/v1/agents/{name}", tags=["agents"])
+    async def delete_agent(name: str, who: Who) -> dict[str, Any]:
+        return await runtime.delete_agent(who, name)
+
+    @app.get("/v1/agents/{name}/versions", tags=["agents"])
+    async def list_agent_versions(
+        name: str, who: Who, after: Version = None, limit: Limit = 20, order: Order = "desc"
+    ) -> dict[str, Any]:
+        return await runtime.list_agent_versions(who, name, after=after, limit=limit, order=order)
 
     return app

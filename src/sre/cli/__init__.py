@@ -1,4 +1,5 @@
-"""The `sre` command line: serve, chat, keys and db, as thin commands over `Runtime`.
+"""The `sre` command line: serve, chat, keys, conversations, agents and db, as thin commands over
+`Runtime`.
 
 Every command parses its flags, calls the runtime (or, for `chat`, the HTTP API), and prints; an
 error is one line on stderr and a non-zero exit, never a traceback.

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from sre.cli.chat import ChatError, chat_loop
 from sre.types.errors import SREError
+
+if TYPE_CHECKING:
+    from sre.runtime import Runtime
+    from sre.types.records import Caller
 
 app = typer.Typer(
     help="SRE, the Stateful Runtime Environment: stateful, governed agents over stateless model APIs.",
@@ -22,7 +27,13 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True, rich_markup_mode=None)
 db_app = typer.Typer(help="Manage the store's schema.", no_args_is_help=True, rich_markup_mode=None)
+conversations_app = typer.Typer(
+    help="Work with stored conversations.", no_args_is_help=True, rich_markup_mode=None
+)
+agents_app = typer.Typer(help="List, show and delete agents.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
+app.add_typer(conversations_app, name="conversations")
+app.add_typer(agents_app, name="agents")
 app.add_typer(db_app, name="db")
 
 DataDir = Annotated[
@@ -33,6 +44,12 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url", help="postgresql://… to use PostgreSQL instead of SQLite [env SRE_DATABASE_URL]."
+    ),
+]
+Tenant = Annotated[
+    str | None,
+    typer.Option(
+        "--tenant", help="Tenant name [default: the local user's tenant, as with `serve --no-auth`]."
     ),
 ]
 ConfigPath = Annotated[
@@ -52,6 +69,20 @@ def _open(data_dir: Path | None, database_url: str | None, config: Path | None):
     from sre.runtime import Runtime
 
     return Runtime.open(data_dir=data_dir, database_url=database_url, config=config)
+
+
+def _caller(runtime: Runtime, tenant: str | None) -> Caller:
+    """Act within a tenant as its `cli` service principal (or as the local user, by default)."""
+    from sre.runtime.settings import LOCAL_PRINCIPAL, LOCAL_TENANT
+    from sre.types.records import Caller
+
+    tenant_id = runtime.store.keys.find_tenant(tenant or LOCAL_TENANT)
+    if tenant_id is None:
+        raise CLIError(f"no tenant named {tenant or LOCAL_TENANT!r}")
+    principal = runtime.store.keys.ensure_principal(
+        tenant_id, LOCAL_PRINCIPAL if tenant is None else "cli", "user" if tenant is None else "service"
+    )
+    return Caller(tenant_id=tenant_id, principal_id=principal.id)
 
 
 def _is_loopback(host: str) -> bool:
@@ -189,6 +220,89 @@ def keys_revoke(
     finally:
         runtime.store.close()
     _say(f"Revoked key {key.id}.")
+
+
+@conversations_app.command("fork")
+def conversations_fork(
+    conversation_id: Annotated[str, typer.Argument(help="The conversation to fork (conv_…).")],
+    at: Annotated[
+        str | None, typer.Option("--at", help="Fork after this item (default: after the newest).")
+    ] = None,
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Fork a conversation at an item, without copying it, and print the new conversation's id."""
+    runtime = _open(data_dir, database_url, None)
+    try:
+        fork = asyncio.run(
+            runtime.fork_conversation(_caller(runtime, tenant), conversation_id, at_item_id=at)
+        )
+    finally:
+        runtime.store.close()
+    _say(f"Forked {conversation_id}{'' if at is None else f' at {at}'}:")
+    print(fork["id"])
+
+
+@agents_app.command("list")
+def agents_list(tenant: Tenant = None, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List the tenant's agents (their newest versions)."""
+    runtime = _open(data_dir, database_url, None)
+    rows: list[dict[str, object]] = []
+    try:
+        caller, after = _caller(runtime, tenant), None
+        while True:
+            page = asyncio.run(runtime.list_agents(caller, after=after, limit=100))
+            rows.extend(page["data"])
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+    finally:
+        runtime.store.close()
+    print(f"{'NAME':<32} {'VERSION':>7}  {'MODEL':<24} {'CREATED':<20} TOOLS")
+    for agent in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(str(agent["created_at"]))))
+        tools = agent["tools"] if isinstance(agent["tools"], list) else []
+        print(
+            f"{agent['name']!s:<32} {agent['version']!s:>7}  {agent['model']!s:<24} {created:<20} {len(tools)}"
+        )
+
+
+@agents_app.command("show")
+def agents_show(
+    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    version: Annotated[
+        int | None, typer.Option("--version", help="This version (default: the newest).", min=1)
+    ] = None,
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print an agent's definition as JSON."""
+    import json
+
+    runtime = _open(data_dir, database_url, None)
+    try:
+        agent = asyncio.run(runtime.get_agent(_caller(runtime, tenant), name, version=version))
+    finally:
+        runtime.store.close()
+    print(json.dumps(agent, indent=2, ensure_ascii=False))
+
+
+@agents_app.command("delete")
+def agents_delete(
+    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Delete an agent (every version); the name can be created again."""
+    runtime = _open(data_dir, database_url, None)
+    try:
+        asyncio.run(runtime.delete_agent(_caller(runtime, tenant), name))
+    finally:
+        runtime.store.close()
+    _say(f"Deleted agent {name}.")
 
 
 @db_app.command("upgrade")

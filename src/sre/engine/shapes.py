@@ -34,7 +34,7 @@ def response_object(
     conversation_id: str | None,
     completed_at: int | None = None,
 ) -> dict[str, Any]:
-    return {
+    shaped: dict[str, Any] = {
         "id": response_id,
         "object": "response",
         "created_at": created_at,
@@ -63,6 +63,9 @@ def response_object(
         "user": None,
         "metadata": body.get("metadata", {}),
     }
+    if body.get("agent") is not None:  # SRE's own: the agent version that ran (model "agent:NAME")
+        shaped["agent"] = body["agent"]
+    return shaped
 
 
 def stored_response_object(record: ResponseRecord, output: Sequence[StoredItem]) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """One turn of a stateful conversation over a stateless model.
 
-`prepare` validates the request and reads what the turn needs (the previous response or the
-conversation, and the newest items that fit the model's window); it writes nothing and raises a
-clear error for anything wrong. `run` drives the model in a task of its own, so a client that goes
-away does not lose the turn, and commits the turn's input, output, response and model call record in
-one transaction before announcing completion.
+`prepare` validates the request and reads what the turn needs (the agent it names, if any, the
+previous response or the conversation, and the newest items that fit the model's window); it
+writes nothing and raises a clear error for anything wrong. `run` drives the model in a task of its
+own, so a client that goes away does not lose the turn, and commits the turn's input, output,
+response and model call record in one transaction before announcing completion.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sre.engine.agents import apply_agent, load_agent, parse_agent_ref
 from sre.engine.assembler import Assembler, Event
 from sre.engine.shapes import response_object, usage_object
 from sre.models.base import ChatModel, FunctionTool, ModelRequest
@@ -30,7 +31,7 @@ from sre.types.items import (
     item_from_json,
     parse_input_items,
 )
-from sre.types.records import Caller, ModelCallRecord, ResponseRecord, Window
+from sre.types.records import AgentVersion, Caller, ModelCallRecord, ResponseRecord, Window
 from sre.types.requests import CreateResponse
 
 AnyItem = Message | FunctionCall | FunctionCallOutput
@@ -49,6 +50,11 @@ class PreparedTurn:
     body: dict[str, Any]
     response_id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
+    reported_model: str | None = None  # what the response says it ran on ("agent:NAME"), if not the model
+
+    @property
+    def model_label(self) -> str:
+        return self.reported_model or self.model.name
 
     def snapshot(
         self, status: str, output: list[dict[str, Any]], completed_at: int | None = None
@@ -56,7 +62,7 @@ class PreparedTurn:
         return response_object(
             response_id=self.response_id,
             status=status,
-            model=self.model.name,
+            model=self.model_label,
             created_at=self.created_at,
             body=self.body,
             output=output,
@@ -115,7 +121,22 @@ class TurnEngine:
             raise InvalidRequest(
                 "'previous_response_id' and 'conversation' cannot be used together.", param="conversation"
             )
-        model = self.models.resolve(request.model)
+        ref = parse_agent_ref(request.model)
+        agent: AgentVersion | None = None
+        if ref is not None:  # an agent's turn is a plain request once its definition is folded in
+            agent, definition = await asyncio.to_thread(load_agent, self.store, caller.tenant_id, ref)
+            request = apply_agent(request, definition)
+        try:
+            model = self.models.resolve(request.model)
+        except InvalidRequest:
+            if agent is None:
+                raise
+            raise InvalidRequest(
+                f"Agent '{agent.name}' (version {agent.version}) runs on model '{request.model}', "
+                "which is not configured here.",
+                param="model",
+                code="model_not_found",
+            ) from None
         items = parse_input_items(request.input)
         reserve = request.max_output_tokens or min(4096, model.info.context_window // 4)
         fixed = sum(estimate_tokens(i) for i in items) + (len(request.instructions or "") + 3) // 4
@@ -152,6 +173,9 @@ class TurnEngine:
             top_p=request.top_p,
             max_output_tokens=request.max_output_tokens,
         )
+        body = _body(request)
+        if agent is not None:
+            body["agent"] = {"name": agent.name, "version": agent.version}
         return PreparedTurn(
             caller=caller,
             request=request,
@@ -160,7 +184,8 @@ class TurnEngine:
             previous=previous,
             window=window,
             model_request=model_request,
-            body=_body(request),
+            body=body,
+            reported_model=None if ref is None else ref.model,
         )
 
     def _read_state(
@@ -334,7 +359,7 @@ class TurnEngine:
                 tenant_id=turn.caller.tenant_id,
                 principal_id=turn.caller.principal_id,
                 response_id=turn.response_id,
-                model=turn.model.name,
+                model=turn.model_label,
                 status=status,
                 body=body,
                 created_at=turn.created_at,

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from sre.engine.agents import agent_list, agent_object, agent_version_list, is_agent_name
 from sre.engine.shapes import conversation_object, item_list, stored_response_object
 from sre.engine.turn import TurnEngine
 from sre.models.base import ChatModel
@@ -27,10 +28,11 @@ from sre.models.embeddings import EmbeddingModel, EmbeddingRegistry, local_embed
 from sre.models.local import LocalChatModel
 from sre.runtime.settings import LOCAL_PRINCIPAL, LOCAL_TENANT, Settings
 from sre.store import Store, sqlite_url
-from sre.types.errors import InvalidRequest, ModelError, SREError, Unauthenticated
+from sre.types.agents import AgentDefinition, UpdateAgent
+from sre.types.errors import InvalidRequest, ModelError, NotFound, SREError, Unauthenticated
 from sre.types.ids import new_id
 from sre.types.items import parse_input_items
-from sre.types.records import ApiKey, Caller, ModelCallRecord
+from sre.types.records import AgentVersion, ApiKey, Caller, ModelCallRecord
 from sre.types.requests import (
     CountInputTokens,
     CreateConversation,
@@ -311,6 +313,79 @@ class Runtime:
             self.store.conversations.delete_item, caller.tenant_id, conversation_id, item_id
         )
         return conversation_object(conv.id, conv.created_at, conv.metadata)
+
+    # -- agents -------------------------------------------------------------------------------
+
+    def _with_model(self, definition: AgentDefinition) -> AgentDefinition:
+        """The definition naming a configured model (the default one where it names none)."""
+        return definition.model_copy(update={"model": self.models.resolve(definition.model).name})
+
+    @staticmethod
+    def _agent_name(name: str) -> str:
+        if not is_agent_name(name):  # no agent can have this name
+            raise NotFound(f"Agent '{name[:64]}' not found.", param="name")
+        return name
+
+    async def create_agent(
+        self, caller: Caller, request: AgentDefinition | Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Define a new agent (version 1); a deleted name starts again after its last version."""
+        definition = self._with_model(_coerce(AgentDefinition, request))
+        record = await asyncio.to_thread(
+            self.store.agents.create, caller.tenant_id, definition.name, definition.to_stored()
+        )
+        return agent_object(record)
+
+    async def get_agent(self, caller: Caller, name: str, *, version: int | None = None) -> dict[str, Any]:
+        """The agent's newest version, or the given one."""
+        record = await asyncio.to_thread(
+            self.store.agents.get, caller.tenant_id, self._agent_name(name), version
+        )
+        return agent_object(record)
+
+    async def update_agent(
+        self, caller: Caller, name: str, request: UpdateAgent | Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Write the agent's next version: the newest one with the given fields replaced."""
+        name = self._agent_name(name)
+        body = _coerce(UpdateAgent, request)
+        if body.model is not None:
+            self.models.resolve(body.model)  # refuse an unknown model before touching the store
+
+        def revise(current: AgentVersion) -> dict[str, Any]:
+            latest = AgentDefinition.from_stored(current.name, current.definition)
+            return self._with_model(body.revise(latest)).to_stored()
+
+        record = await asyncio.to_thread(self.store.agents.update, caller.tenant_id, name, revise)
+        return agent_object(record)
+
+    async def delete_agent(self, caller: Caller, name: str) -> dict[str, Any]:
+        """Delete every version; the name may be created again."""
+        await asyncio.to_thread(self.store.agents.delete, caller.tenant_id, self._agent_name(name))
+        return {"id": name, "object": "agent.deleted", "deleted": True}
+
+    async def list_agents(
+        self, caller: Caller, *, after: str | None = None, limit: int = 20, order: str = "asc"
+    ) -> dict[str, Any]:
+        """The tenant's agents (newest version of each) by name; `after` is the last name seen."""
+        _page_args(limit, order)
+        if after is not None and not is_agent_name(after):
+            raise InvalidRequest("Invalid value for 'after': expected an agent name.", param="after")
+        page = await asyncio.to_thread(
+            lambda: self.store.agents.list(caller.tenant_id, after=after, limit=limit, order=order)
+        )
+        return agent_list(page)
+
+    async def list_agent_versions(
+        self, caller: Caller, name: str, *, after: int | None = None, limit: int = 20, order: str = "desc"
+    ) -> dict[str, Any]:
+        """The agent's versions since it was last created; `after` is the last version seen."""
+        _page_args(limit, order)
+        name = self._agent_name(name)
+        page = await asyncio.to_thread(
+            lambda: self.store.agents.versions(caller.tenant_id, name, after=after, limit=limit, order=order)
+        )
+        return agent_version_list(page)
 
     # -- embeddings ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sre.store.agents import AgentRepository
 from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
 from sre.store.keys import KeyRepository, hash_key
@@ -31,6 +32,7 @@ class Store:
         self.keys = KeyRepository(self.db)
         self.conversations = ConversationRepository(self.db)
         self.responses = ResponseRepository(self.db)
+        self.agents = AgentRepository(self.db)
 
     @property
     def dialect(self) -> str:

@@ -2,7 +2,8 @@
 
 Every table carries `tenant_id` first in its primary key, so no query can forget it and a later
 partitioning by tenant stays possible. Conversation items are append-only: a fork points at its
-parent and fork point instead of copying. The Alembic migrations in `migrations/versions` create
+parent and fork point instead of copying. Agent definitions are append-only too: an update is a new
+version, a delete marks the versions deleted. The Alembic migrations in `migrations/versions` create
 exactly these tables; a test checks that the two agree.
 """
 
@@ -122,4 +123,15 @@ model_calls = sa.Table(
 sa.Index("ix_model_calls_response", model_calls.c.tenant_id, model_calls.c.response_id)
 sa.Index("ix_model_calls_created", model_calls.c.tenant_id, model_calls.c.created_at)
 
-ALL_TABLES = (tenants, principals, api_keys, conversations, items, responses, model_calls)
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("definition", sa.Text, nullable=False),  # JSON, validated above the store
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("deleted_at", sa.BigInteger, nullable=True),
+)
+
+ALL_TABLES = (tenants, principals, api_keys, conversations, items, responses, model_calls, agents)

@@ -119,6 +119,18 @@ class ResponseRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentVersion:
+    """One version of an agent's definition; the store keeps it as opaque JSON (`sre.types.agents`
+    validates it)."""
+
+    tenant_id: str
+    name: str
+    version: int
+    definition: dict[str, Any]
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelCallRecord:
     tenant_id: str
     id: str

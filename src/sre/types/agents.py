@@ -1,0 +1,151 @@
+"""Agent definitions: what a platform team declares about an agent, validated strictly.
+
+`AgentDefinition` is the body of `POST /v1/agents` and, without its name and with a
+`schema_version`, the JSON that each stored version keeps; `UpdateAgent` is the body of
+`POST /v1/agents/{name}`, whose fields replace those of the newest version. Instructions, model and
+tools take effect on every turn now; `limits`, `approval` and `concurrency` are validated and kept
+for the run engine, which will enforce them. Whether the model exists is checked by the runtime,
+which knows the configured models; this module does no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sre.types.errors import InvalidRequest
+from sre.types.items import validate_metadata
+from sre.types.requests import FunctionToolParam
+
+AGENT_SCHEMA_VERSION = 1
+MAX_AGENT_VERSION = 2**31 - 1  # versions are 32-bit integers in the store
+NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+MAX_TOOLS = 128
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+AgentName = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+Instructions = Annotated[str, Field(max_length=256_000)]
+ModelName = Annotated[str, Field(min_length=1, max_length=200)]
+Tools = Annotated[list[FunctionToolParam], Field(max_length=MAX_TOOLS)]
+Concurrency = Literal["reject", "enqueue", "interrupt"]
+
+
+class InvalidField(InvalidRequest, ValueError):
+    """An `InvalidRequest` raised inside a validator: pydantic reports it as a validation error (so
+    the HTTP layer still authenticates first), and the error mapping hands it back unchanged."""
+
+
+def _metadata(value: object) -> dict[str, str]:
+    try:
+        return validate_metadata(value)
+    except InvalidRequest as exc:
+        raise InvalidField(exc.message, param=exc.param, code=exc.code) from None
+
+
+def _distinct_tools(tools: list[FunctionToolParam]) -> None:
+    seen: set[str] = set()
+    for index, tool in enumerate(tools):
+        if tool.name in seen:
+            raise InvalidField(
+                f"Invalid value for 'tools[{index}].name': a tool named '{tool.name}' is already defined.",
+                param=f"tools[{index}].name",
+                code="invalid_value",
+            )
+        seen.add(tool.name)
+
+
+class AgentLimits(BaseModel):
+    """Bounds on one run of the agent; absent means unbounded. Stored for the run engine."""
+
+    model_config = _STRICT
+    max_tool_calls: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    max_steps: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    deadline_seconds: Annotated[int, Field(ge=1, le=365 * 86400)] | None = None
+
+
+class AgentApproval(BaseModel):
+    """Which tools pause a run until a principal approves the call. Stored for the run engine."""
+
+    model_config = _STRICT
+    tools_requiring_approval: Annotated[list[ToolName], Field(max_length=MAX_TOOLS)] = Field(
+        default_factory=list
+    )
+
+
+class AgentDefinition(BaseModel):
+    """`POST /v1/agents`: one agent, as its first version."""
+
+    model_config = _STRICT
+    name: AgentName
+    instructions: Instructions | None = None
+    model: ModelName | None = None  # None: the default model when the version is written
+    tools: Tools = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    limits: AgentLimits = Field(default_factory=AgentLimits)
+    approval: AgentApproval = Field(default_factory=AgentApproval)
+    concurrency: Concurrency = "reject"
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _check_metadata(cls, value: object) -> dict[str, str]:
+        return _metadata(value)
+
+    @field_validator("tools")
+    @classmethod
+    def _check_tools(cls, value: list[FunctionToolParam]) -> list[FunctionToolParam]:
+        _distinct_tools(value)
+        return value
+
+    def to_stored(self) -> dict[str, Any]:
+        """The JSON a stored version keeps: everything but the name (the row has it), versioned."""
+        return {
+            "schema_version": AGENT_SCHEMA_VERSION,
+            **self.model_dump(exclude={"name"}, exclude_none=True),
+        }
+
+    @classmethod
+    def from_stored(cls, name: str, stored: dict[str, Any]) -> AgentDefinition:
+        data = dict(stored)
+        version = data.pop("schema_version", None)
+        if version != AGENT_SCHEMA_VERSION:
+            raise ValueError(f"agent '{name}' was stored with unknown schema version {version!r}")
+        return cls.model_validate({**data, "name": name})
+
+
+class UpdateAgent(BaseModel):
+    """`POST /v1/agents/{name}`: the fields given replace the newest version's in a new version;
+    `null` puts a field back to its default. The name cannot change."""
+
+    model_config = _STRICT
+    instructions: Instructions | None = None
+    model: ModelName | None = None
+    tools: Tools | None = None
+    metadata: dict[str, str] | None = None
+    limits: AgentLimits | None = None
+    approval: AgentApproval | None = None
+    concurrency: Concurrency | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _check_metadata(cls, value: object) -> dict[str, str] | None:
+        return None if value is None else _metadata(value)
+
+    @field_validator("tools")
+    @classmethod
+    def _check_tools(cls, value: list[FunctionToolParam] | None) -> list[FunctionToolParam] | None:
+        _distinct_tools(value or [])
+        return value
+
+    def revise(self, current: AgentDefinition) -> AgentDefinition:
+        data = current.model_dump(exclude_none=True)
+        for field in self.model_fields_set:
+            value = getattr(self, field)
+            if value is None:
+                data.pop(field, None)
+            else:
+                data[field] = value.model_dump() if isinstance(value, BaseModel) else value
+        if "tools" in self.model_fields_set and self.tools is not None:
+            data["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
+        return AgentDefinition.model_validate(data)
