@@ -94,6 +94,36 @@ def revision() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def load() -> str:
+    """The load averages over 1, 5 and 15 minutes, as `uptime` shows them."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+class OtherLoad:
+    """How busy other processes kept the CPUs meanwhile: all CPU time (/proc/stat) minus this
+    process's and its waited-for children's (`os.times`), in cores on average over the wall time."""
+
+    def __init__(self) -> None:
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float]:
+        try:
+            with open("/proc/stat") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:9]]  # user .. steal
+            busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            busy = float("nan")
+        t = os.times()
+        return busy, t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+    def report(self) -> str:
+        busy, own, wall = (end - start for end, start in zip(self._snapshot(), self.start, strict=True))
+        others = max(0.0, busy - own) / wall if wall > 0 else float("nan")
+        return f"other processes used {others:.2f} of {os.cpu_count()} cores on average during the run"
+
+
 def today() -> str:
     return datetime.date.today().isoformat()
 
@@ -105,10 +135,15 @@ def free_port() -> int:
 
 
 class Server:
-    """`sre serve --no-auth` with the scripted model, as a real subprocess (see tests/support/server.py)."""
+    """`sre serve --no-auth` (by default with the scripted model), as a real subprocess (see
+    tests/support/server.py)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, config_text: str | None = SCRIPTED_CONFIG) -> None:
+        """`config_text`: the TOML the server gets with `--config`; None: no config at all (the
+        embedded default: the bundled local chat and embedding models), with every `SRE_*`
+        variable of this environment kept from the server so nothing else configures it."""
         self.data_dir = data_dir
+        self.config_text = config_text
         self.port = free_port()
         self.config = data_dir / "bench-models.toml"
         self.log_path = data_dir / f"server-{self.port}.log"
@@ -120,12 +155,18 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(SCRIPTED_CONFIG)
         cmd = [
             sys.executable, "-m", "sre", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-            "--config", str(self.config), "--no-auth",
+            "--no-auth",
         ]  # fmt: skip
         env = {**os.environ, "SRE_BLOCK_MODEL_REQUESTS": "1"}
+        if self.config_text is None:
+            env = {
+                k: v for k, v in env.items() if not k.startswith("SRE_") or k == "SRE_BLOCK_MODEL_REQUESTS"
+            }
+        else:
+            self.config.write_text(self.config_text)
+            cmd += ["--config", str(self.config)]
         self._log = self.log_path.open("a")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout

@@ -50,9 +50,10 @@ def bundled_gguf() -> Path:
 
 
 def default_threads() -> int:
-    """llama.cpp runs best on physical cores; leave one for the server when there are many."""
+    """One core is left to the event loop: llama.cpp's threads spin while they wait, and on two cores
+    generating on both ran 40 % slower than on one (docs/benchmarks.md)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus if cpus <= 4 else cpus - 1))
+    return max(1, min(8, cpus - 1))
 
 
 def load_llama(path: str, n_ctx: int, n_threads: int) -> Any:
