@@ -168,6 +168,7 @@ def _cases() -> list[Case]:
         ("GET", "/v1/responses/{resp_a}", _UNSET),
         ("DELETE", "/v1/responses/{resp_a}", _UNSET),
         ("GET", "/v1/responses/{resp_a}/input_items", _UNSET),
+        ("POST", "/v1/responses/{resp_a}/cancel", _UNSET),
         ("POST", "/v1/conversations", {"items": [_msg()]}),
         ("GET", "/v1/conversations/{conv_a}", _UNSET),
         ("POST", "/v1/conversations/{conv_a}", {"metadata": {"x": "y"}}),
@@ -332,10 +333,11 @@ def _cases() -> list[Case]:
 
     # -- POST /v1/responses: semantic refusals and references --
     add(Case("resp-unknown-model", "POST", r, 400, "model", "model_not_found", json={"input": "hi", "model": "gpt-9"}))
-    add(Case("resp-background", "POST", r, 400, "background", "unsupported_parameter",
-             json={"input": "hi", "background": True}))
-    add(Case("resp-background-stream", "POST", r, 400, "background", json={"input": "hi", "background": True,
-                                                                          "stream": True}))
+    # A valid background request is queued (tests/test_background.py); these are refused, writing nothing.
+    add(Case("resp-background-unstored", "POST", r, 400, "store",
+             json={"input": "hi", "background": True, "store": False}))
+    add(Case("resp-background-stream-unknown-model", "POST", r, 400, "model", "model_not_found",
+             json={"input": "hi", "background": True, "stream": True, "model": "gpt-9"}))
     add(Case("resp-conversation-and-previous", "POST", r, 400, "conversation",
              json={"input": "hi", "conversation": "{conv_a}", "previous_response_id": "{resp_a}"}))
     add(Case("resp-context-exceeded", "POST", r, 400, "input", "context_length_exceeded",
@@ -372,6 +374,25 @@ def _cases() -> list[Case]:
         add(Case(f"{tag}-not-a-response-id", method, "/v1/responses/{conv_a}" + suffix, 404, "response_id"))
         add(Case(f"{tag}-nul", method, "/v1/responses/resp_%00" + suffix, 404, "response_id"))
         add(Case(f"{tag}-long", method, "/v1/responses/" + "r" * 300 + suffix, 404, "response_id"))
+    # -- POST /v1/responses/{id}/cancel, GET /v1/responses/{id}?stream=true --
+    cancel = "/v1/responses/{resp_a}/cancel"
+    add(Case("cancel-unknown", "POST", "/v1/responses/{unknown_resp}/cancel", 404, "response_id", "not_found"))
+    add(Case("cancel-other-tenant", "POST", cancel, 404, "response_id", "not_found", key="b"))
+    add(Case("cancel-finished", "POST", cancel, 409, code="response_not_cancellable"))
+    add(Case("cancel-nul", "POST", "/v1/responses/resp_%00/cancel", 404, "response_id"))
+    add(Case("cancel-long", "POST", "/v1/responses/" + "r" * 300 + "/cancel", 404, "response_id"))
+    add(Case("cancel-get", "GET", cancel, 405))
+    ra = "/v1/responses/{resp_a}"
+    add(Case("stream-not-background", "GET", ra, 400, "stream", params={"stream": "true"}))
+    add(Case("stream-other-tenant", "GET", ra, 404, "response_id", "not_found", key="b",
+             params={"stream": "true"}))
+    add(Case("stream-unknown", "GET", "/v1/responses/{unknown_resp}", 404, "response_id",
+             params={"stream": "true", "starting_after": "3"}))
+    add(Case("stream-starting-after-abc", "GET", ra, 400, "starting_after",
+             params={"stream": "true", "starting_after": "abc"}))
+    add(Case("stream-starting-after-negative", "GET", ra, 400, "starting_after",
+             params={"stream": "true", "starting_after": "-5"}))
+    add(Case("stream-not-a-bool", "GET", ra, 400, "stream", params={"stream": "sometimes"}))
     ii = "/v1/responses/{resp_a}/input_items"
     for name, params, param, status in (
         ("limit-0", {"limit": "0"}, "limit", 400),

@@ -51,11 +51,25 @@ async def _sse_stream(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[by
         yield _sse(event)
 
 
+def _event_stream(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    return StreamingResponse(
+        _sse_stream(events),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 def create_app(
-    runtime: Runtime, *, auth: bool = True, close_runtime: bool = False, warm: bool = False
+    runtime: Runtime,
+    *,
+    auth: bool = True,
+    close_runtime: bool = False,
+    warm: bool = False,
+    workers: int = 0,
 ) -> FastAPI:
-    """The API over `runtime`; with `close_runtime`, the app closes it when the server stops, and
-    with `warm`, local model weights load in the background as it starts."""
+    """The API over `runtime`; with `close_runtime`, the app closes it when the server stops, with
+    `warm`, local model weights load in the background as it starts, and `workers` worker tasks
+    execute background runs inside the server."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,11 +78,15 @@ def create_app(
         # (full collections over it were the worst turn's pauses, 35-50 ms).
         gc.collect()
         gc.freeze()
+        runtime.start_workers(workers)
         yield
         if warming is not None and not warming.done():
             warming.cancel()
         if close_runtime:
             await runtime.aclose()
+        elif runtime.workers is not None:
+            await runtime.workers.aclose()
+            runtime.workers = None
 
     app = FastAPI(
         lifespan=lifespan,
@@ -126,12 +144,7 @@ def create_app(
     @app.post("/v1/responses", tags=["responses"], response_model=None)
     async def create_response(body: CreateResponse, who: Who) -> JSONResponse | StreamingResponse:
         if body.stream:
-            events = await runtime.stream_response(who, body)
-            return StreamingResponse(
-                _sse_stream(events),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            return _event_stream(await runtime.stream_response(who, body))
         return JSONResponse(await runtime.create_response(who, body))
 
     @app.post("/v1/responses/input_tokens", tags=["responses"])
@@ -150,9 +163,21 @@ def create_app(
     ) -> dict[str, Any]:
         return await runtime.usage(who, start=start_time, end=end_time)
 
-    @app.get("/v1/responses/{response_id}", tags=["responses"])
-    async def get_response(response_id: str, who: Who) -> dict[str, Any]:
+    @app.get("/v1/responses/{response_id}", tags=["responses"], response_model=None)
+    async def get_response(
+        response_id: str,
+        who: Who,
+        stream: bool = False,
+        starting_after: Annotated[int | None, Query(ge=-1)] = None,
+    ) -> dict[str, Any] | StreamingResponse:
+        if stream:
+            events = await runtime.stream_background_response(who, response_id, starting_after=starting_after)
+            return _event_stream(events)
         return await runtime.get_response(who, response_id)
+
+    @app.post("/v1/responses/{response_id}/cancel", tags=["responses"])
+    async def cancel_response(response_id: str, who: Who) -> dict[str, Any]:
+        return await runtime.cancel_response(who, response_id)
 
     @app.delete("/v1/responses/{response_id}", tags=["responses"])
     async def delete_response(response_id: str, who: Who) -> dict[str, Any]:

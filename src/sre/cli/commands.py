@@ -105,6 +105,15 @@ def serve(
         bool,
         typer.Option("--no-auth", help="Accept requests without a key, as the local user (loopback only)."),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            max=64,
+            help="Worker tasks executing background runs in this process (0: leave them to `sre worker`).",
+        ),
+    ] = 1,
 ) -> None:
     """Start the HTTP API (OpenAI-compatible Responses and Conversations)."""
     import uvicorn
@@ -136,9 +145,44 @@ def serve(
             "Using the bundled local model (offline, small). For a stronger one, restart with "
             "SRE_OPENAI_BASE_URL=http://host/v1 SRE_OPENAI_MODEL=name [SRE_OPENAI_API_KEY=…] or --config."
         )
-    application = create_app(runtime, auth=not no_auth, close_runtime=True, warm=True)
+    application = create_app(runtime, auth=not no_auth, close_runtime=True, warm=True, workers=workers)
     _say(f"SRE listening on http://{host}:{port}/v1 (stop with Ctrl-C)")
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
+def worker(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigPath = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Worker tasks in this process.")
+    ] = 1,
+) -> None:
+    """Execute background runs from the store, without serving HTTP (scale out beside `sre serve`).
+
+    Stops on Ctrl-C or SIGTERM; a run it was executing is released to the other workers.
+    """
+    import signal
+
+    runtime = _open(data_dir, database_url, config)
+    where = (
+        runtime.settings.database_url and "PostgreSQL"
+    ) or f"SQLite in {runtime.settings.data_dir.resolve()}"
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        runtime.start_workers(workers)
+        _say(f"SRE worker: {workers} worker(s) over {where}, lease {runtime.settings.lease_seconds:g}s")
+        try:
+            await stop.wait()
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(work())
 
 
 @app.command()

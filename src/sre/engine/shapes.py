@@ -39,7 +39,7 @@ def response_object(
         "object": "response",
         "created_at": created_at,
         "status": status,
-        "background": False,
+        "background": body.get("background", False),
         "completed_at": completed_at,
         "error": body.get("error"),
         "incomplete_details": body.get("incomplete_details"),

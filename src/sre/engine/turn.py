@@ -13,14 +13,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sre.engine.agents import apply_agent, load_agent, parse_agent_ref
 from sre.engine.assembler import Assembler, Event
 from sre.engine.shapes import response_object, usage_object
 from sre.models.base import ChatModel, FunctionTool, ModelRequest
 from sre.models.config import ModelRegistry
-from sre.store import Store, TurnCommit
+from sre.store import LeaseLost, Store, TurnCommit
 from sre.types.errors import InvalidRequest, ModelError, SREError
 from sre.types.ids import new_id
 from sre.types.items import (
@@ -31,11 +31,31 @@ from sre.types.items import (
     item_from_json,
     parse_input_items,
 )
-from sre.types.records import AgentVersion, Caller, ModelCallRecord, ResponseRecord, Window
+from sre.types.records import AgentVersion, Caller, Lease, ModelCallRecord, ResponseRecord, Window
 from sre.types.requests import CreateResponse
 
 AnyItem = Message | FunctionCall | FunctionCallOutput
 _DONE = object()
+FINAL_EVENT = {
+    "completed": "response.completed",
+    "incomplete": "response.incomplete",
+    "failed": "response.failed",
+    # The Responses API has no `response.cancelled` event: a cancelled run ends with
+    # `response.incomplete` whose response has status "cancelled" (the openai client parses it).
+    "cancelled": "response.incomplete",
+}
+
+
+class Checkpoint(Protocol):
+    """What a background run does between chunks; see `sre.engine.background`."""
+
+    lease: Lease
+
+    def emit(self, event: Event) -> None: ...
+
+    async def after_chunk(self) -> bool: ...
+
+    def finish(self, final: Event) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -51,6 +71,8 @@ class PreparedTurn:
     response_id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
     reported_model: str | None = None  # what the response says it ran on ("agent:NAME"), if not the model
+    completed_at: int | None = None
+    counted: tuple[int, int, int, bool] | None = None  # input, cached, output tokens, exact
 
     @property
     def model_label(self) -> str:
@@ -111,11 +133,10 @@ class TurnEngine:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def prepare(self, caller: Caller, request: CreateResponse) -> PreparedTurn:
-        if request.background:
+        if request.background and not request.store:
             raise InvalidRequest(
-                "background responses are not supported yet; send the request without 'background'.",
-                param="background",
-                code="unsupported_parameter",
+                "Background responses must be stored: send 'store': true (the default) with 'background'.",
+                param="store",
             )
         if request.conversation is not None and request.previous_response_id is not None:
             raise InvalidRequest(
@@ -174,6 +195,8 @@ class TurnEngine:
             max_output_tokens=request.max_output_tokens,
         )
         body = _body(request)
+        if request.background:
+            body["background"] = True
         if agent is not None:
             body["agent"] = {"name": agent.name, "version": agent.version}
         return PreparedTurn(
@@ -241,6 +264,10 @@ class TurnEngine:
         assert final is not None
         return final
 
+    async def run_background(self, turn: PreparedTurn, checkpoint: Checkpoint) -> None:
+        """Run a background run's model step: its events go to `checkpoint`, which ends in the commit."""
+        await self._run(turn, checkpoint.emit, events=True, checkpoint=checkpoint)
+
     async def _drive(self, turn: PreparedTurn, queue: asyncio.Queue[Any], *, events: bool) -> None:
         sequence = 0
 
@@ -262,17 +289,40 @@ class TurnEngine:
         finally:
             queue.put_nowait(_DONE)
 
-    async def _run(self, turn: PreparedTurn, emit: Any, *, events: bool, queue: asyncio.Queue[Any]) -> None:
+    async def _run(
+        self,
+        turn: PreparedTurn,
+        emit: Any,
+        *,
+        events: bool,
+        queue: asyncio.Queue[Any] | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        """Stream the model into events and commit. With a `checkpoint` (a background run), it is
+        awaited after each chunk: it persists the events so far and says whether to stop (cancel),
+        and its `finish` hands the last events to the commit's transaction."""
         assembler = Assembler(events=events)
         if events:
             emit({"type": "response.created", "response": turn.snapshot("in_progress", [])})
             emit({"type": "response.in_progress", "response": turn.snapshot("in_progress", [])})
         started = time.perf_counter()
         error: SREError | None = None
+        cancelled = False
         try:
-            async for model_event in turn.model.stream(turn.model_request):
-                for event in assembler.feed(model_event):
-                    emit(event)
+            stream = turn.model.stream(turn.model_request)
+            try:
+                async for model_event in stream:
+                    for event in assembler.feed(model_event):
+                        emit(event)
+                    if checkpoint is not None and await checkpoint.after_chunk():
+                        cancelled = True
+                        break
+            finally:
+                close = getattr(stream, "aclose", None)
+                if close is not None:  # a cancelled run hangs up on the model at once
+                    await close()
+        except LeaseLost:  # another worker has the run now: stop, commit nothing
+            raise
         except SREError as exc:
             error = exc
         except Exception as exc:
@@ -280,21 +330,26 @@ class TurnEngine:
                 f"model '{turn.model.name}' failed: {type(exc).__name__}: {exc}", code="model_error"
             )
         latency_ms = (time.perf_counter() - started) * 1000
-        status = "failed" if error else "completed"
+        status = "failed" if error else "cancelled" if cancelled else "completed"
         if (
-            error is None
+            status == "completed"
             and assembler.finish is not None
             and assembler.finish.reason in ("length", "content_filter")
         ):
             status = "incomplete"
         for event in assembler.close("completed" if status != "failed" else "incomplete"):
             emit(event)
+        final_type = FINAL_EVENT[status]
+        if checkpoint is not None:
+            snapshot = self._finish_body(turn, assembler, status, error)
+            events_left = checkpoint.finish({"type": final_type, "response": snapshot})
+            await asyncio.to_thread(
+                self._commit, turn, assembler, status, error, latency_ms, (checkpoint.lease, events_left)
+            )
+            return
         record = await asyncio.to_thread(self._commit, turn, assembler, status, error, latency_ms)
-        final_type = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(
-            status, "response.failed"
-        )
         emit({"type": final_type, "response": record})
-        if error is not None and not events:
+        if error is not None and not events and queue is not None:
             queue.put_nowait(error)
 
     @staticmethod
@@ -310,21 +365,46 @@ class TurnEngine:
         output = tokenizer.count(text) if tokenizer is not None else (len(text) + 3) // 4
         return counted.tokens, 0, output, counted.exact
 
-    def _commit(
-        self, turn: PreparedTurn, assembler: Assembler, status: str, error: SREError | None, latency_ms: float
+    def _finish_body(
+        self, turn: PreparedTurn, assembler: Assembler, status: str, error: SREError | None
     ) -> dict[str, Any]:
-        input_tokens, cached_tokens, output_tokens, exact = self._usage(turn, assembler)
+        """Set the turn's final body (usage, error, incomplete details) and return its snapshot."""
+        if turn.counted is None:
+            turn.counted = self._usage(turn, assembler)
+            input_tokens, cached_tokens, output_tokens, _ = turn.counted
+            body = dict(turn.body)
+            body["usage"] = usage_object(input_tokens, output_tokens, cached_tokens)
+            if status == "incomplete" and assembler.finish is not None:
+                reason = "max_output_tokens" if assembler.finish.reason == "length" else "content_filter"
+                body["incomplete_details"] = {"reason": reason}
+            if error is not None:
+                body["error"] = {"code": error.code or "server_error", "message": error.message}
+            turn.body = body
+            turn.completed_at = int(time.time())
+        output = assembler.items() if status not in ("failed", "cancelled") else []
+        return turn.snapshot(
+            status,
+            [i.model_dump(mode="json", exclude_none=True) for i in output],
+            turn.completed_at if status != "failed" else None,
+        )
+
+    def _commit(
+        self,
+        turn: PreparedTurn,
+        assembler: Assembler,
+        status: str,
+        error: SREError | None,
+        latency_ms: float,
+        run: tuple[Lease, list[dict[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        snapshot = self._finish_body(turn, assembler, status, error)
+        assert turn.counted is not None
+        input_tokens, cached_tokens, output_tokens, exact = turn.counted
         pricing = turn.model.info.pricing
         cost = None if pricing is None else pricing.cost(input_tokens, output_tokens, cached_tokens)
-        body = dict(turn.body)
-        body["usage"] = usage_object(input_tokens, output_tokens, cached_tokens)
-        if status == "incomplete" and assembler.finish is not None:
-            reason = "max_output_tokens" if assembler.finish.reason == "length" else "content_filter"
-            body["incomplete_details"] = {"reason": reason}
-        if error is not None:
-            body["error"] = {"code": error.code or "server_error", "message": error.message}
+        body = turn.body
         window = turn.window
-        now = int(time.time())
+        now = turn.completed_at or int(time.time())
         call = ModelCallRecord(
             tenant_id=turn.caller.tenant_id,
             id=new_id("mc"),
@@ -353,7 +433,7 @@ class TurnEngine:
             error=None if error is None else error.message,
             created_at=now,
         )
-        output = assembler.items() if error is None else []
+        output = assembler.items() if status not in ("failed", "cancelled") else []
         self.store.responses.commit_turn(
             TurnCommit(
                 tenant_id=turn.caller.tenant_id,
@@ -369,17 +449,13 @@ class TurnEngine:
                 input_items=turn.input_items,
                 output_items=output,
                 store=turn.request.store,
-                keep_items=error is None,
+                keep_items=status not in ("failed", "cancelled"),
                 model_call=call,
+                run=run,
             )
         )
         # Output ids were assigned before streaming and the store keeps them, so the snapshot matches.
-        turn.body = body
-        return turn.snapshot(
-            status,
-            [i.model_dump(mode="json", exclude_none=True) for i in output],
-            now if status != "failed" else None,
-        )
+        return snapshot
 
     async def aclose(self) -> None:
         """Let running turns finish (they commit), up to a bound, then cancel the rest."""

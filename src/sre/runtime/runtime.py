@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from sre.engine.agents import agent_list, agent_object, agent_version_list, is_agent_name
+from sre.engine.background import BackgroundRuns, WorkerPool
 from sre.engine.shapes import conversation_object, item_list, stored_response_object
 from sre.engine.turn import TurnEngine
 from sre.models.base import ChatModel
@@ -84,6 +85,8 @@ class Runtime:
         self.settings = settings
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry()
         self.turns = TurnEngine(store, models)
+        self.background = BackgroundRuns(store, self.turns, lease_seconds=settings.lease_seconds)
+        self.workers: WorkerPool | None = None
         self.warm_embeddings = True
 
     @classmethod
@@ -128,10 +131,9 @@ class Runtime:
     async def warm(self) -> None:
         """Load local model weights now rather than on the first request (embedding models only where
         they are configured, or in the embedded default)."""
-        models: list[ChatModel | EmbeddingModel] = [
-            *self.models.models.values(),
-            *self.embeddings.models.values(),
-        ]
+        models: list[ChatModel | EmbeddingModel] = list(self.models.models.values())
+        if self.warm_embeddings:
+            models.extend(self.embeddings.models.values())
         for model in models:
             load = getattr(model, "load", None)
             if load is None:
@@ -141,7 +143,16 @@ class Runtime:
             except Exception as exc:  # the first request will report it properly
                 log.warning("could not load model %s: %s", model.name, exc)
 
+    def start_workers(self, count: int) -> None:
+        """Start `count` worker tasks executing background runs on this event loop (0: none)."""
+        if count > 0 and self.workers is None:
+            self.workers = WorkerPool(self.background, count)
+            self.workers.start()
+
     async def aclose(self) -> None:
+        if self.workers is not None:
+            await self.workers.aclose()
+            self.workers = None
         await self.turns.aclose()
         await self.models.aclose()
         await self.embeddings.aclose()
@@ -179,8 +190,11 @@ class Runtime:
     async def create_response(
         self, caller: Caller, request: CreateResponse | Mapping[str, Any]
     ) -> dict[str, Any]:
-        """Run one turn to the end and return the response object."""
+        """Run one turn to the end and return the response object; with `background`, queue it and
+        return the queued response at once."""
         turn = await self.turns.prepare(caller, _coerce(CreateResponse, request))
+        if turn.request.background:
+            return await self.background.enqueue(turn)
         return await self.turns.respond(turn)
 
     async def stream_response(
@@ -188,7 +202,20 @@ class Runtime:
     ) -> AsyncIterator[dict[str, Any]]:
         """Validate and read now (errors raise here), then return the turn's event stream."""
         turn = await self.turns.prepare(caller, _coerce(CreateResponse, request))
+        if turn.request.background:  # queued, then followed through the run's event log
+            await self.background.enqueue(turn)
+            return await self.background.follow(caller, turn.response_id, None)
         return self.turns.stream(turn)
+
+    async def stream_background_response(
+        self, caller: Caller, response_id: str, *, starting_after: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A background response's events after `starting_after`, following it until it ends."""
+        return await self.background.follow(caller, response_id, starting_after)
+
+    async def cancel_response(self, caller: Caller, response_id: str) -> dict[str, Any]:
+        """Cancel a queued or in-progress background response; `Conflict` once it has finished."""
+        return await self.background.cancel(caller, response_id)
 
     async def count_input_tokens(
         self, caller: Caller, request: CountInputTokens | Mapping[str, Any]
@@ -209,7 +236,13 @@ class Runtime:
 
     async def get_response(self, caller: Caller, response_id: str) -> dict[str, Any]:
         def read() -> dict[str, Any]:
-            record = self.store.responses.get(caller.tenant_id, response_id)
+            try:
+                record = self.store.responses.get(caller.tenant_id, response_id)
+            except NotFound:  # a background run not committed (yet, or ever: cancelled, failed)
+                unfinished = self.background.response_object(caller.tenant_id, response_id)
+                if unfinished is None:
+                    raise
+                return unfinished
             return stored_response_object(record, self.store.responses.output_items(record))
 
         return await asyncio.to_thread(read)

@@ -17,6 +17,7 @@ from sre.types.errors import ConfigError
 
 DEFAULT_DATA_DIR = ".sre"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_LEASE_SECONDS = 10.0
 LOCAL_TENANT = "default"
 LOCAL_PRINCIPAL = "local"
 
@@ -28,6 +29,7 @@ class Settings:
     config: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long a worker's claim on a run lasts unrenewed
 
     @property
     def embedded(self) -> bool:
@@ -56,10 +58,18 @@ class Settings:
             max_body = int(raw_max)
         except (TypeError, ValueError):
             raise ConfigError(f"max_body_bytes must be an integer, got {raw_max!r}") from None
+        raw_lease = env.get("SRE_LEASE_SECONDS") or server.get("lease_seconds", DEFAULT_LEASE_SECONDS)
+        try:
+            lease = float(raw_lease)
+        except (TypeError, ValueError):
+            raise ConfigError(f"lease_seconds must be a number, got {raw_lease!r}") from None
+        if not 0.3 <= lease <= 3600:
+            raise ConfigError(f"lease_seconds must be between 0.3 and 3600, got {lease}")
         return cls(
             data_dir=Path(data_dir or env.get("SRE_DATA_DIR") or server.get("data_dir") or DEFAULT_DATA_DIR),
             database_url=database_url or env.get("SRE_DATABASE_URL") or server.get("database_url") or None,
             config=config,
             config_path=None if path is None else Path(path),
             max_body_bytes=max_body,
+            lease_seconds=lease,
         )

@@ -14,8 +14,18 @@ from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
 from sre.store.keys import KeyRepository, hash_key
 from sre.store.responses import ResponseRepository, TurnCommit
+from sre.store.runs import LeaseLost, RunListener, RunRepository
 
-__all__ = ["Database", "Store", "TurnCommit", "hash_key", "normalise_url", "sqlite_url"]
+__all__ = [
+    "Database",
+    "LeaseLost",
+    "RunListener",
+    "Store",
+    "TurnCommit",
+    "hash_key",
+    "normalise_url",
+    "sqlite_url",
+]
 
 
 def sqlite_url(data_dir: str | Path) -> str:
@@ -33,6 +43,7 @@ class Store:
         self.conversations = ConversationRepository(self.db)
         self.responses = ResponseRepository(self.db)
         self.agents = AgentRepository(self.db)
+        self.runs = RunRepository(self.db)
 
     @property
     def dialect(self) -> str:

@@ -28,10 +28,12 @@ from sre.store.conversations import (
     read_window,
 )
 from sre.store.database import Database
-from sre.store.schema import items, model_calls, responses
+from sre.store.runs import finish_run
+from sre.store.schema import items, model_calls, responses, run_events, runs
 from sre.types.errors import InvalidRequest, NotFound
 from sre.types.records import (
     Conversation,
+    Lease,
     ModelCallRecord,
     Page,
     ResponseRecord,
@@ -58,6 +60,8 @@ class TurnCommit:
     store: bool
     keep_items: bool  # False for a failed turn: the conversation stays as it was
     model_call: ModelCallRecord | None
+    # A background run's lease and last events: the run ends in the same transaction (or not at all).
+    run: tuple[Lease, list[dict[str, Any]]] | None = None
 
 
 def response_from_row(row: sa.Row[Any]) -> ResponseRecord:
@@ -137,6 +141,8 @@ class ResponseRepository:
     ) -> tuple[ResponseRecord | None, list[StoredItem], list[StoredItem]]:
         """Write a finished turn in one transaction; return the response and its stored items."""
         with self.db.write() as conn:
+            if turn.run is not None:
+                finish_run(conn, turn.run[0], turn.status, turn.run[1])
             if turn.model_call is not None:
                 _insert_model_call(conn, turn.model_call)
             if not turn.store and turn.conversation_id is None:
@@ -271,12 +277,22 @@ class ResponseRepository:
         return Page(data=rows[:limit], has_more=len(rows) > limit)
 
     def delete(self, tenant_id: str, response_id: str) -> None:
+        """Delete the response and, for a background one, its run and events (a worker still
+        running it can then no longer commit it)."""
         with self.db.write() as conn:
             deleted = conn.execute(
                 responses.delete().where(
                     responses.c.tenant_id == tenant_id, id_equals(responses.c.id, response_id)
                 )
             ).rowcount
+            deleted += conn.execute(
+                runs.delete().where(runs.c.tenant_id == tenant_id, id_equals(runs.c.response_id, response_id))
+            ).rowcount
+            conn.execute(
+                run_events.delete().where(
+                    run_events.c.tenant_id == tenant_id, id_equals(run_events.c.response_id, response_id)
+                )
+            )
         if not deleted:
             raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
 

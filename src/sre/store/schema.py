@@ -134,4 +134,47 @@ agents = sa.Table(
     sa.Column("deleted_at", sa.BigInteger, nullable=True),
 )
 
-ALL_TABLES = (tenants, principals, api_keys, conversations, items, responses, model_calls, agents)
+# A background run: the request to execute, its status, and the lease of the worker executing it.
+# Its `responses` row is written when it finishes (in the turn's transaction); until then the
+# response object is read from here.
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("response_id", sa.String(64), primary_key=True),
+    sa.Column("principal_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("request", sa.Text, nullable=False),  # JSON: the validated request and the queued response
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_expires_at", sa.BigInteger, nullable=True),  # epoch milliseconds
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+sa.Index("ix_runs_runnable", runs.c.status, runs.c.created_at)
+
+run_events = sa.Table(
+    "run_events",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("response_id", sa.String(64), primary_key=True),
+    sa.Column("sequence_number", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("attempt", sa.Integer, nullable=False),  # 0: written at enqueue or cancel, not by a worker
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+ALL_TABLES = (
+    tenants,
+    principals,
+    api_keys,
+    conversations,
+    items,
+    responses,
+    model_calls,
+    agents,
+    runs,
+    run_events,
+)

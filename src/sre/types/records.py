@@ -180,3 +180,30 @@ class Page:
     data: list[Any]
     has_more: bool
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A background run: its request (as queued), status and lease."""
+
+    tenant_id: str
+    response_id: str
+    principal_id: str
+    status: str  # queued, in_progress, completed, incomplete, failed, cancelled
+    request: dict[str, Any]  # {"request": CreateResponse JSON, "response": the queued response object, ...}
+    attempts: int
+    lease_owner: str | None
+    lease_expires_at: int | None  # epoch milliseconds
+    cancel_requested: bool
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's claim on a run: valid while the run's row names this owner and attempt."""
+
+    tenant_id: str
+    response_id: str
+    owner: str
+    attempt: int
+    next_sequence: int  # where this attempt's events start
