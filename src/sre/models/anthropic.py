@@ -27,16 +27,13 @@ from sre.models.base import (
     ToolCallDelta,
     Usage,
 )
-from sre.models.guard import check_allowed
 from sre.models.upstream import (
     HTTPModel,
     cut_short,
     json_object,
     malformed,
     sse_events,
-    status_error,
     stream_error,
-    transport_error,
 )
 from sre.types.items import ContentPart, FunctionCall, FunctionCallOutput, InputImage, Message, Refusal
 
@@ -170,6 +167,7 @@ def _tool_choice(choice: str | dict[str, Any] | None, parallel: bool | None) -> 
 
 class AnthropicModel(HTTPModel):
     default_base_url = DEFAULT_BASE_URL
+    endpoint = "/v1/messages"
 
     def __init__(self, info: ModelInfo) -> None:
         super().__init__(info)
@@ -200,28 +198,14 @@ class AnthropicModel(HTTPModel):
             body["top_p"] = request.top_p
         return body
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        url = f"{self.base_url}/v1/messages"
-        check_allowed(url)
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-            "anthropic-version": self.version,
-            **self.headers,
-        }
+    def wire_headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": self.version}
         if self.api_key:
-            headers.setdefault("x-api-key", str(self.api_key))
-        try:
-            async with self._http().stream(
-                "POST", url, params=self.query or None, json=self.build_body(request), headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise status_error(self.name, response)
-                async for event in _MessageStream(self.name).events(response):
-                    yield event
-        except httpx.HTTPError as exc:
-            raise transport_error(self.name, exc) from None
+            headers["x-api-key"] = str(self.api_key)
+        return headers
+
+    def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
+        return _MessageStream(self.name).events(response)
 
 
 class _MessageStream:

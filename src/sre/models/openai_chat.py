@@ -25,9 +25,8 @@ from sre.models.base import (
     ToolCallDelta,
     Usage,
 )
-from sre.models.guard import check_allowed
 from sre.models.tokens import TextTokenizer, encoding_for, tiktoken_tokenizer
-from sre.models.upstream import HTTPModel, cut_short, malformed, status_error, stream_error, transport_error
+from sre.models.upstream import HTTPModel, cut_short, malformed, stream_error
 from sre.types.items import FunctionCall, FunctionCallOutput, InputImage, Message
 
 _FINISH: dict[str, FinishReason] = {
@@ -126,25 +125,7 @@ class OpenAIChatModel(HTTPModel):
             body[self.max_tokens_param] = request.max_output_tokens
         return body
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        url = f"{self.base_url}/chat/completions"
-        check_allowed(url)
-        headers = {"Content-Type": "application/json", **self.headers}
-        if self.api_key:
-            headers.setdefault("Authorization", f"Bearer {self.api_key}")
-        try:
-            async with self._http().stream(
-                "POST", url, params=self.query or None, json=self.build_body(request), headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise status_error(self.name, response)
-                async for event in self._events(response):
-                    yield event
-        except httpx.HTTPError as exc:
-            raise transport_error(self.name, exc) from None
-
-    async def _events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
+    async def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
         finish: FinishReason | None = None
         async for line in response.aiter_lines():
             if not line.startswith("data:"):

@@ -24,7 +24,6 @@ from sre.models.base import (
     ToolCallDelta,
     Usage,
 )
-from sre.models.guard import check_allowed
 from sre.models.tokens import TextTokenizer, encoding_for, tiktoken_tokenizer
 from sre.models.upstream import (
     HTTPModel,
@@ -32,9 +31,7 @@ from sre.models.upstream import (
     json_object,
     malformed,
     sse_events,
-    status_error,
     stream_error,
-    transport_error,
 )
 from sre.types.items import ContentPart, FunctionCall, FunctionCallOutput, InputImage, Message, Refusal
 
@@ -109,6 +106,8 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
 
 
 class OpenAIResponsesModel(HTTPModel):
+    endpoint = "/responses"
+
     def tokenizer(self) -> TextTokenizer | None:
         encoding = encoding_for(self.info.upstream_model)
         return None if encoding is None else tiktoken_tokenizer(encoding)
@@ -136,25 +135,7 @@ class OpenAIResponsesModel(HTTPModel):
             body["max_output_tokens"] = request.max_output_tokens
         return body
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        url = f"{self.base_url}/responses"
-        check_allowed(url)
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **self.headers}
-        if self.api_key:
-            headers.setdefault("Authorization", f"Bearer {self.api_key}")
-        try:
-            async with self._http().stream(
-                "POST", url, params=self.query or None, json=self.build_body(request), headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise status_error(self.name, response)
-                async for event in self._events(response):
-                    yield event
-        except httpx.HTTPError as exc:
-            raise transport_error(self.name, exc) from None
-
-    async def _events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
+    async def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
         called = False
         async for name, payload in sse_events(response):
             if payload == "[DONE]":

@@ -13,12 +13,14 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from abc import abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from sre.models.base import ChatModel, ModelInfo
+from sre.models.base import ChatModel, ModelEvent, ModelInfo, ModelRequest
+from sre.models.guard import check_allowed
 from sre.types.errors import InvalidRequest, ModelError, RateLimited, SREError
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -160,9 +162,12 @@ def json_object(model: str, payload: str) -> dict[str, Any]:
 
 
 class HTTPModel(ChatModel):
-    """A provider that talks HTTP: its settings from configuration, and one client, made on first use."""
+    """A provider that talks HTTP: its settings from configuration, one client made on first use, and
+    the streamed POST every such provider makes. Subclasses say where (`endpoint`), what
+    (`build_body`), with which extra headers (`wire_headers`), and how to read the answer (`events`)."""
 
     default_base_url = "https://api.openai.com/v1"
+    endpoint = "/chat/completions"
 
     def __init__(self, info: ModelInfo) -> None:
         super().__init__(info)
@@ -180,6 +185,36 @@ class HTTPModel(ChatModel):
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout)
         return self._client
+
+    def wire_headers(self) -> dict[str, str]:
+        """Headers of the wire format, the key's included; configured `headers` override them."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @abstractmethod
+    def build_body(self, request: ModelRequest) -> dict[str, Any]:
+        """The request body in the wire format."""
+
+    @abstractmethod
+    def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
+        """The answer's stream as `ModelEvent`s."""
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        url = f"{self.base_url}{self.endpoint}"
+        check_allowed(url)
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers.update(self.wire_headers())
+        headers.update(self.headers)
+        try:
+            async with self._http().stream(
+                "POST", url, params=self.query or None, json=self.build_body(request), headers=headers
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise status_error(self.name, response)
+                async for event in self.events(response):
+                    yield event
+        except httpx.HTTPError as exc:
+            raise transport_error(self.name, exc) from None
 
     async def aclose(self) -> None:
         if self._client is not None:
