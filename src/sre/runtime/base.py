@@ -1,0 +1,49 @@
+"""What the runtime's parts share: the attributes every part of the facade uses, and the checks on
+arguments that every listing and every Python-API call makes. No behaviour of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from sre.engine.background import BackgroundRuns, WorkerPool
+from sre.engine.turn import TurnEngine
+from sre.models.config import ModelRegistry
+from sre.models.embeddings import EmbeddingRegistry
+from sre.runtime.settings import Settings
+from sre.store import Store
+from sre.types.errors import InvalidRequest
+from sre.types.requests import invalid_from_pydantic
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _coerce(kind: type[M], value: M | Mapping[str, Any]) -> M:
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind.model_validate(value)
+    except ValidationError as exc:
+        raise invalid_from_pydantic(exc) from None
+
+
+def _page_args(limit: int, order: str) -> None:
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("Invalid value for 'limit': must be between 1 and 100.", param="limit")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid value for 'order': must be 'asc' or 'desc'.", param="order")
+
+
+class RuntimeParts:
+    """The state the facade's parts share; `Runtime.__init__` sets it."""
+
+    store: Store
+    models: ModelRegistry
+    settings: Settings
+    embeddings: EmbeddingRegistry
+    turns: TurnEngine
+    background: BackgroundRuns
+    workers: WorkerPool | None
+    warm_embeddings: bool
