@@ -6,14 +6,14 @@ import datetime
 import os
 import platform
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests.support
+
+from tests.support.server import ServerProcess
 
 WORDS = (  # noqa: SIM905
     "the a of to and in is it that for on with as was this be are have not at by from or an "
@@ -128,73 +128,26 @@ def today() -> str:
     return datetime.date.today().isoformat()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """`sre serve --no-auth` (by default with the scripted model), as a real subprocess (see
-    tests/support/server.py)."""
+class Server(ServerProcess):
+    """`sre serve --no-auth` (by default with the scripted model), as a real subprocess: the test
+    suite's `ServerProcess`, given a config file."""
 
     def __init__(self, data_dir: Path, config_text: str | None = SCRIPTED_CONFIG) -> None:
         """`config_text`: the TOML the server gets with `--config`; None: no config at all (the
         embedded default: the bundled local chat and embedding models), with every `SRE_*`
         variable of this environment kept from the server so nothing else configures it."""
-        self.data_dir = data_dir
-        self.config_text = config_text
-        self.port = free_port()
-        self.config = data_dir / "bench-models.toml"
-        self.log_path = data_dir / f"server-{self.port}.log"
-        self.proc: subprocess.Popen[str] | None = None
+        args = ["--no-auth"]
+        if config_text is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            config = data_dir / "bench-models.toml"
+            config.write_text(config_text)
+            args += ["--config", str(config)]
+        super().__init__(data_dir=data_dir, args=args, inherit_sre_env=config_text is not None)
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def log_path(self) -> Path:
+        return self.log
 
     def start(self, timeout: float = 60.0) -> Server:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable, "-m", "sre", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-            "--no-auth",
-        ]  # fmt: skip
-        env = {**os.environ, "SRE_BLOCK_MODEL_REQUESTS": "1"}
-        if self.config_text is None:
-            env = {
-                k: v for k, v in env.items() if not k.startswith("SRE_") or k == "SRE_BLOCK_MODEL_REQUESTS"
-            }
-        else:
-            self.config.write_text(self.config_text)
-            cmd += ["--config", str(self.config)]
-        self._log = self.log_path.open("a")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log_path.read_text()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        log = getattr(self, "_log", None)
-        if log is not None:
-            log.close()
+        super().start(timeout)
+        return self

@@ -21,10 +21,18 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(
-        self, *, data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+        self,
+        *,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        inherit_sre_env: bool = True,
     ) -> None:
+        """`inherit_sre_env=False` keeps this environment's `SRE_*` settings from the server, so that
+        only `env` and `args` configure it."""
         self.data_dir = data_dir
-        self.env = {**os.environ, "SRE_BLOCK_MODEL_REQUESTS": "1", **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if inherit_sre_env or not k.startswith("SRE_")}
+        self.env = {**inherited, "SRE_BLOCK_MODEL_REQUESTS": "1", **(env or {})}
         self.args = args or []
         self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
@@ -61,6 +69,11 @@ class ServerProcess:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"server did not start in {timeout}s:\n{self.output()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
