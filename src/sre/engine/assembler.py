@@ -59,7 +59,6 @@ class Assembler:
         self.open_text: _Text | None = None
         self.usage: Usage | None = None
         self.finish: Finish | None = None
-        self.output_chars = 0
 
     def feed(self, event: ModelEvent) -> list[Event]:
         if isinstance(event, TextDelta):
@@ -74,7 +73,6 @@ class Assembler:
 
     def _text(self, delta: str) -> list[Event]:
         out: list[Event] = []
-        self.output_chars += len(delta)
         if self.open_text is None:
             self.open_text = _Text(len(self.outputs))
             self.outputs.append(self.open_text)
@@ -106,7 +104,6 @@ class Assembler:
     def _call(self, delta: ToolCallDelta) -> list[Event]:
         out: list[Event] = []
         call = self.calls.get(delta.index)
-        self.output_chars += len(delta.arguments)
         if call is None:
             out.extend(self._close_text())
             call = _Call(len(self.outputs), delta.call_id or new_id("call"), delta.name or "")

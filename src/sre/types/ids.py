@@ -8,19 +8,9 @@ from SRE.
 from __future__ import annotations
 
 import os
-import re
 import time
-
-PREFIXES = ("resp", "conv", "msg", "fc", "fco", "item", "key", "ten", "prn", "call", "mc")
-_ID_RE = re.compile(r"^[a-z]{1,8}_[0-9a-f]{32}$")
 
 
 def new_id(prefix: str) -> str:
     millis = int(time.time() * 1000) & 0xFFFFFFFFFFFF
     return f"{prefix}_{millis:012x}{os.urandom(10).hex()}"
-
-
-def looks_like_id(value: str, prefix: str | None = None) -> bool:
-    if not _ID_RE.match(value):
-        return False
-    return prefix is None or value.startswith(prefix + "_")

@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from sre.types.errors import InvalidRequest
 
-ITEM_SCHEMA_VERSION = 1
-
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -163,10 +161,6 @@ def parse_input_items(raw: object, where: str = "input") -> list[Message | Funct
 
 def item_to_dict(item: Message | FunctionCall | FunctionCallOutput) -> dict[str, Any]:
     return item.model_dump(mode="json", exclude_none=True)
-
-
-def item_from_dict(data: dict[str, Any]) -> Message | FunctionCall | FunctionCallOutput:
-    return ITEM_ADAPTER.validate_python(data)
 
 
 def item_from_json(raw: str) -> Message | FunctionCall | FunctionCallOutput:
