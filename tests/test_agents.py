@@ -102,7 +102,7 @@ async def test_create_get_update_versions_delete(api: Api) -> None:
         "tools": [LOOKUP],
         "metadata": {"team": "ops"},
         "limits": {"max_tool_calls": 5, "max_steps": 10, "deadline_seconds": 60},
-        "approval": {"tools_requiring_approval": ["lookup"]},
+        "approval": {"tools_requiring_approval": ["lookup"], "rules": [], "approvers": []},
         "concurrency": "enqueue",
     }
     assert await api.ok("GET", "/v1/agents/helper") == created
@@ -320,7 +320,7 @@ def test_python_api_and_stored_definitions_of_version_1(tmp_path: Path) -> None:
     }
     loaded = AgentDefinition.from_stored("helper", stored)
     assert loaded.limits.max_steps == 3 and loaded.tools[0].name == "lookup"
-    assert loaded.to_stored() == stored
+    assert loaded.to_stored() == {**stored, "approval": {**stored["approval"], "rules": [], "approvers": []}}
     with pytest.raises(ValueError):
         AgentDefinition.from_stored("helper", {**stored, "schema_version": 99})
 

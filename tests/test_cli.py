@@ -122,7 +122,7 @@ def test_conversations_fork_and_agents(tmp_path: Path) -> None:
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     first = sre("db", "upgrade", "--data-dir", data)
-    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0004" in first.stderr
+    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0005" in first.stderr
     again = sre("db", "upgrade", "--data-dir", data)
     assert again.returncode == 0 and "up to date" in again.stderr
 

@@ -1,4 +1,5 @@
-"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents, over `Runtime`.
+"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents and approvals,
+over `Runtime`.
 
 Routes parse input (pydantic models shared with the Python API), resolve the caller from the
 bearer key, call one `Runtime` method and shape the result. Nothing else happens here.
@@ -35,6 +36,14 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[str, Query(pattern="^(asc|desc)$")]
 After = Annotated[str | None, Query(max_length=64)]
 Version = Annotated[int | None, Query(ge=1, le=MAX_AGENT_VERSION)]
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    reason: Annotated[str, Field(max_length=4096)] | None = None
+
+
+ApprovalStatus = Annotated[str | None, Query(pattern="^(pending|approved|denied|cancelled)$")]
 
 
 class ForkConversation(BaseModel):
@@ -261,5 +270,31 @@ def create_app(
         name: str, who: Who, after: Version = None, limit: Limit = 20, order: Order = "desc"
     ) -> dict[str, Any]:
         return await runtime.list_agent_versions(who, name, after=after, limit=limit, order=order)
+
+    @app.get("/v1/approvals", tags=["approvals"])
+    async def list_approvals(
+        who: Who,
+        status: ApprovalStatus = None,
+        response_id: Annotated[str | None, Query(max_length=64)] = None,
+        after: After = None,
+        limit: Limit = 20,
+    ) -> dict[str, Any]:
+        return await runtime.list_approvals(
+            who, status=status, response_id=response_id, after=after, limit=limit
+        )
+
+    @app.get("/v1/approvals/{approval_id}", tags=["approvals"])
+    async def get_approval(approval_id: str, who: Who) -> dict[str, Any]:
+        return await runtime.get_approval(who, approval_id)
+
+    @app.post("/v1/approvals/{approval_id}/approve", tags=["approvals"])
+    async def approve(approval_id: str, who: Who, body: Decision | None = None) -> dict[str, Any]:
+        reason = body.reason if body is not None else None
+        return await runtime.decide_approval(who, approval_id, approve=True, reason=reason)
+
+    @app.post("/v1/approvals/{approval_id}/deny", tags=["approvals"])
+    async def deny(approval_id: str, who: Who, body: Decision | None = None) -> dict[str, Any]:
+        reason = body.reason if body is not None else None
+        return await runtime.decide_approval(who, approval_id, approve=False, reason=reason)
 
     return app

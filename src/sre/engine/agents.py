@@ -73,7 +73,9 @@ def apply_agent(request: CreateResponse, agent: AgentDefinition) -> CreateRespon
     """The request as the agent runs it: its model, its instructions first, its tools merged."""
     instructions = "\n\n".join(part for part in (agent.instructions, request.instructions) if part)
     own = {tool.name for tool in request.tools or []}
-    tools: list[FunctionToolParam] = [t for t in agent.tools if t.name not in own] + list(request.tools or [])
+    tools: list[FunctionToolParam] = [
+        t for t in agent.tools if isinstance(t, FunctionToolParam) and t.name not in own
+    ] + list(request.tools or [])
     return request.model_copy(
         update={
             "model": agent.model,

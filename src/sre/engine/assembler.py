@@ -52,8 +52,9 @@ class _Call:
 
 
 class Assembler:
-    def __init__(self, *, events: bool) -> None:
+    def __init__(self, *, events: bool, offset: int = 0) -> None:
         self.want_events = events
+        self.offset = offset  # output items before this model call's (earlier steps of a run)
         self.outputs: list[_Text | _Call] = []
         self.calls: dict[int, _Call] = {}
         self.open_text: _Text | None = None
@@ -74,7 +75,7 @@ class Assembler:
     def _text(self, delta: str) -> list[Event]:
         out: list[Event] = []
         if self.open_text is None:
-            self.open_text = _Text(len(self.outputs))
+            self.open_text = _Text(self.offset + len(self.outputs))
             self.outputs.append(self.open_text)
             if self.want_events:
                 out.append(self._added(self.open_text.output_index, self.open_text.item("in_progress")))
@@ -106,7 +107,7 @@ class Assembler:
         call = self.calls.get(delta.index)
         if call is None:
             out.extend(self._close_text())
-            call = _Call(len(self.outputs), delta.call_id or new_id("call"), delta.name or "")
+            call = _Call(self.offset + len(self.outputs), delta.call_id or new_id("call"), delta.name or "")
             self.calls[delta.index] = call
             self.outputs.append(call)
             if self.want_events:

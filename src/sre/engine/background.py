@@ -1,13 +1,13 @@
-"""Background runs: enqueue a prepared turn, execute queued runs as workers, follow and cancel them.
+"""Durable runs seen from outside: start or queue them, execute them as workers, follow, resume, cancel.
 
-`BackgroundRuns.enqueue` stores the validated request with a `response.queued` event and returns at
-once. A `WorkerPool` (tasks inside `sre serve`, or the whole of `sre worker`) claims runnable runs
-with a lease, renews it while the model streams, and executes one model step per run through the
-`TurnEngine`: the events of each chunk are appended to the run's event log, and the final commit
-(items, response, model call, last events, run status) is the turn's one transaction. A run whose
-worker died is claimed again when its lease expires and restarts its step: nothing of it had been
-committed. Streams are read back from the event log, so any process can serve them. This module
-holds no SQL and no HTTP.
+`BackgroundRuns.start` stores a prepared run with its `response.queued` event; a run that can start at
+once is claimed by this process and executed inline, its events copied to the waiting client as they
+happen (and persisted, so another process can serve the stream). A run that must wait (behind its
+conversation's active run) or was queued with `background` is executed by a worker: a `WorkerPool`
+(tasks inside `sre serve`, or the whole of `sre worker`) claims runnable runs with a lease, renews it,
+and hands them to the `RunEngine`. A run whose worker died is claimed again when its lease expires and
+continues from its journal. A paused run (`requires_action`) is resumed by a client's tool outputs or
+approval responses, or by decisions at `/v1/approvals`. This module holds no SQL and no HTTP.
 """
 
 from __future__ import annotations
@@ -19,13 +19,18 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from functools import partial
 from typing import Any
 
-from sre.engine.turn import PreparedTurn, TurnEngine
+from sre.engine.runs import LOST, PAUSE_STATUS, RunCheckpoint, RunEngine
+from sre.engine.shapes import stored_response_object
+from sre.engine.turn import FINAL_EVENT, PreparedTurn, TurnEngine
 from sre.store import LeaseLost, Store
-from sre.types.errors import Conflict, InvalidRequest, NotFound, SREError
-from sre.types.records import Caller, Lease, RunRecord
+from sre.store.approvals import may_decide
+from sre.types.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, SREError
+from sre.types.ids import new_id
+from sre.types.records import Caller, Lease, RunRecord, StepRecord
 from sre.types.requests import CreateResponse
 
 log = logging.getLogger("sre.background")
@@ -33,34 +38,13 @@ log = logging.getLogger("sre.background")
 FINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
 TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
 MAX_ATTEMPTS = 5  # a run whose step keeps dying (a crash it causes, say) fails instead of looping
-FOLLOW_INTERVAL = 0.1  # seconds between reads of the event log while following a run
+FOLLOW_INTERVAL = 0.05  # seconds between reads of the event log while following a run
 CANCEL_WAIT = 5.0  # how long a cancel request waits for the worker to stop a running run
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
 
 
-class RunCheckpoint:
-    """One attempt's events: numbered, persisted after each chunk (renewing the lease), and the
-    last ones handed to the final commit."""
-
-    def __init__(self, store: Store, lease: Lease, lease_seconds: float) -> None:
-        self.store = store
-        self.lease = lease
-        self.lease_seconds = lease_seconds
-        self.sequence = lease.next_sequence
-        self.pending: list[dict[str, Any]] = []
-
-    def emit(self, event: dict[str, Any]) -> None:
-        self.pending.append({**event, "sequence_number": self.sequence})
-        self.sequence += 1
-
-    async def after_chunk(self) -> bool:
-        batch, self.pending = self.pending, []
-        return await asyncio.to_thread(self.store.runs.append_events, self.lease, batch, self.lease_seconds)
-
-    def finish(self, final: dict[str, Any]) -> list[dict[str, Any]]:
-        self.emit(final)
-        batch, self.pending = self.pending, []
-        return batch
+def _worker_id(index: int | str) -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{index}:{uuid.uuid4().hex[:8]}"
 
 
 class BackgroundRuns:
@@ -68,29 +52,158 @@ class BackgroundRuns:
         self.store = store
         self.turns = turns
         self.lease_seconds = lease_seconds
+        self.engine = RunEngine(store, lease_seconds)
+        self.inline_owner = _worker_id("inline")
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    # -- the API side ---------------------------------------------------------------------------
+    # -- starting -------------------------------------------------------------------------------
 
-    async def enqueue(self, turn: PreparedTurn) -> dict[str, Any]:
-        """Queue a prepared turn (one transaction) and return its response object, status queued."""
-        snapshot = turn.snapshot("queued", [])
-        payload = {
+    def _payload(self, turn: PreparedTurn) -> dict[str, Any]:
+        request = turn.request.model_dump(mode="json", exclude_none=True)
+        if turn.agent is not None:  # a resumed run keeps the agent version it started with
+            request["model"] = f"agent:{turn.agent.name}@{turn.agent.version}"
+        return {
             "version": PAYLOAD_VERSION,
-            "request": turn.request.model_dump(mode="json", exclude_none=True),
+            "request": request,
             "reported_model": turn.reported_model,
             "agent": turn.body.get("agent"),
-            "response": snapshot,
+            "response": turn.snapshot("queued", []),
         }
-        first = {"type": "response.queued", "response": snapshot, "sequence_number": 0}
+
+    async def start(self, turn: PreparedTurn, *, inline: bool) -> Lease | None:
+        """Store the run (applying its conversation's concurrency policy); with `inline`, claim it for
+        this process when it can start at once and return the lease."""
+        payload = self._payload(turn)
+        first = {"type": "response.queued", "response": payload["response"], "sequence_number": 0}
+        policy = turn.definition.concurrency if turn.definition is not None else "enqueue"
         caller = turn.caller
-        await asyncio.to_thread(
-            self.store.runs.enqueue, caller.tenant_id, turn.response_id, caller.principal_id, payload, first
+        return await asyncio.to_thread(
+            lambda: self.store.runs.enqueue(
+                caller.tenant_id,
+                turn.response_id,
+                caller.principal_id,
+                payload,
+                first,
+                conversation_id=turn.request.conversation_id,
+                background=bool(turn.request.background),
+                policy=policy,
+                owner=self.inline_owner if inline else None,
+                lease_seconds=self.lease_seconds,
+            )
         )
-        return snapshot
+
+    async def enqueue(self, turn: PreparedTurn) -> dict[str, Any]:
+        """Queue a background run for the workers and return its response object, status queued."""
+        await self.start(turn, inline=False)
+        return turn.snapshot("queued", [])
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def watch(
+        self,
+        caller: Caller,
+        response_id: str,
+        lease: Lease | None,
+        turn: PreparedTurn | None = None,
+        *,
+        after: int = 0,  # by default, after the queued event: the client had that answer already
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a run this client waits for, to its end or pause. Executed here when this
+        process holds (or can take) its lease, else followed through the event log; a client that goes
+        away does not stop it."""
+        while True:
+            if lease is None:
+                claimed = await asyncio.to_thread(
+                    self.store.runs.claim_runnable_run,
+                    self.inline_owner,
+                    self.lease_seconds,
+                    only=(caller.tenant_id, response_id),
+                )
+                if claimed is not None:
+                    _, lease = claimed
+                    turn = None  # prepared again from the stored request, as a worker would
+            if lease is not None:
+                sink: asyncio.Queue[Any] = asyncio.Queue()
+                self._spawn(self._execute_inline(lease, turn, sink))
+                lease, turn = None, None
+                while True:
+                    event = await sink.get()
+                    if event is LOST:
+                        break  # someone else runs it now: follow the log from here
+                    if event is None:
+                        return
+                    after = event["sequence_number"]
+                    yield event
+                    if event["type"] in FINAL_TYPES:
+                        return
+                continue
+            batch = await asyncio.to_thread(
+                self.store.runs.events_after, caller.tenant_id, response_id, after
+            )
+            for event in batch:
+                after = event["sequence_number"]
+                yield event
+                if event["type"] in FINAL_TYPES:
+                    return
+            if not batch:
+                current = await asyncio.to_thread(self.store.runs.get, caller.tenant_id, response_id)
+                if current is None or current.status in TERMINAL or current.status == PAUSE_STATUS:
+                    for event in await asyncio.to_thread(
+                        self.store.runs.events_after, caller.tenant_id, response_id, after
+                    ):
+                        yield event
+                        if event["type"] in FINAL_TYPES:
+                            return
+                    final = await self._final_from_store(caller, response_id)
+                    if final is not None:
+                        yield {**final, "sequence_number": after + 1}
+                    return
+                await asyncio.sleep(FOLLOW_INTERVAL)
+
+    def spawn_drain(self, caller: Caller, response_id: str) -> None:
+        """Run a queued run here, in the background, when no worker of this process would."""
+
+        async def drain() -> None:
+            after = await asyncio.to_thread(self.store.runs.last_sequence, caller.tenant_id, response_id)
+            async for _ in self.watch(caller, response_id, None, after=after):
+                pass
+
+        self._spawn(drain())
+
+    async def _final_from_store(self, caller: Caller, response_id: str) -> dict[str, Any] | None:
+        """The final event of a run whose events are gone (a foreground run's, dropped at its end)."""
+
+        def read() -> dict[str, Any] | None:
+            try:
+                record = self.store.responses.get(caller.tenant_id, response_id)
+            except NotFound:
+                return None
+            body = stored_response_object(record, self.store.responses.output_items(record))
+            return {"type": FINAL_EVENT.get(record.status, "response.completed"), "response": body}
+
+        return await asyncio.to_thread(read)
+
+    async def _execute_inline(
+        self, lease: Lease, turn: PreparedTurn | None, sink: asyncio.Queue[Any]
+    ) -> None:
+        try:
+            run = await asyncio.to_thread(self.store.runs.get, lease.tenant_id, lease.response_id)
+            assert run is not None
+            await self.execute(run, lease, turn=turn, sink=sink)
+        except Exception:
+            log.exception("run %s failed inline", lease.response_id)
+            sink.put_nowait(LOST)
+        finally:
+            sink.put_nowait(None)
+
+    # -- following, reading, cancelling ---------------------------------------------------------
 
     def _unfinished_object(self, run: RunRecord) -> dict[str, Any]:
         """The response object of a run that has no committed response (yet, or ever)."""
-        if run.status in TERMINAL:
+        if run.status in TERMINAL or run.status == PAUSE_STATUS:
             events = self.store.runs.events_after(run.tenant_id, run.response_id, -1, limit=100_000)
             finals = [e for e in events if e["type"] in FINAL_TYPES]
             if finals:
@@ -98,8 +211,8 @@ class BackgroundRuns:
         return {**run.request["response"], "status": run.status}
 
     def response_object(self, tenant_id: str, response_id: str) -> dict[str, Any] | None:
-        """A background run's response object while it has no committed response; None if it has
-        one or is no background run."""
+        """A run's response object while it has no committed response; None if it has one or is no
+        durable run."""
         run = self.store.runs.get(tenant_id, response_id)
         if run is None:
             return None
@@ -109,9 +222,9 @@ class BackgroundRuns:
         self, caller: Caller, response_id: str, starting_after: int | None
     ) -> AsyncIterator[Any]:
         """Check the run exists (errors raise here), then return its events after `starting_after`,
-        following new ones until the run ends."""
+        following new ones until the run ends or pauses."""
         run = await asyncio.to_thread(self.store.runs.get, caller.tenant_id, response_id)
-        if run is None:
+        if run is None or not run.background:
             await asyncio.to_thread(self.store.responses.get, caller.tenant_id, response_id)
             raise InvalidRequest(
                 "Only background responses can be streamed again; this one was not created with "
@@ -131,7 +244,7 @@ class BackgroundRuns:
                     return
             if not batch:
                 current = await asyncio.to_thread(self.store.runs.get, tenant_id, response_id)
-                if current is None or current.status in TERMINAL:
+                if current is None or current.status in TERMINAL or current.status == PAUSE_STATUS:
                     # Its final event is committed with its status: read once more, then stop.
                     for event in await asyncio.to_thread(
                         self.store.runs.events_after, tenant_id, response_id, after
@@ -141,21 +254,18 @@ class BackgroundRuns:
                 await asyncio.sleep(FOLLOW_INTERVAL)
 
     async def cancel(self, caller: Caller, response_id: str) -> dict[str, Any]:
-        """Cancel a queued run at once; flag a running one and wait (briefly) for its worker to stop it."""
+        """Cancel a queued or paused run at once; flag a running one and wait (briefly) for its worker
+        to stop it at its next chunk or step."""
         tenant_id = caller.tenant_id
         run = await asyncio.to_thread(self.store.runs.get, tenant_id, response_id)
         if run is None:
             record = await asyncio.to_thread(self.store.responses.get, tenant_id, response_id)
             raise Conflict(
-                f"Response '{response_id}' is already {record.status}; only a queued or in-progress "
-                "background response can be cancelled.",
+                f"Response '{response_id}' is already {record.status}; only a queued, in-progress or "
+                "paused response can be cancelled.",
                 code="response_not_cancellable",
             )
-        final = {
-            "type": "response.incomplete",
-            "response": {**run.request["response"], "status": "cancelled"},
-        }
-        run = await asyncio.to_thread(self.store.runs.cancel, tenant_id, response_id, final)
+        run = await asyncio.to_thread(self.store.runs.cancel, tenant_id, response_id)
         deadline = time.monotonic() + CANCEL_WAIT
         while run.status not in TERMINAL and time.monotonic() < deadline:
             await asyncio.sleep(FOLLOW_INTERVAL)
@@ -165,17 +275,126 @@ class BackgroundRuns:
             run = found
         return await asyncio.to_thread(self._unfinished_object, run)
 
+    # -- resuming a paused run --------------------------------------------------------------------
+
+    async def resume(self, caller: Caller, run: RunRecord, raw_input: object, principal_name: str) -> None:
+        """Apply a client's `function_call_output` and `mcp_approval_response` items to a paused run.
+        Everything is checked before anything is written; the run is queued again once nothing is
+        pending."""
+        if not isinstance(raw_input, list) or not raw_input:
+            raise InvalidRequest(
+                f"Response '{run.response_id}' is waiting for tool outputs or approvals: send them as "
+                "'function_call_output' or 'mcp_approval_response' items in 'input'.",
+                param="input",
+            )
+        steps = await asyncio.to_thread(self.store.runs.steps, run.tenant_id, run.response_id)
+        waiting = {s.call_id: s for s in steps if s.kind == "client" and s.status == "pending"}
+        page = await asyncio.to_thread(
+            lambda: self.store.approvals.list(run.tenant_id, response_id=run.response_id, limit=10_000)
+        )
+        open_approvals = {a.id: a for a in page.data if a.status == "pending"}
+        outputs: list[StepRecord] = []
+        decisions: list[tuple[str, bool, str | None]] = []
+        for index, item in enumerate(raw_input):
+            where = f"input[{index}]"
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "function_call_output":
+                call_id, output = item.get("call_id"), item.get("output")
+                if not isinstance(call_id, str) or call_id not in waiting:
+                    raise InvalidRequest(
+                        f"Invalid value for '{where}.call_id': response '{run.response_id}' is not waiting "
+                        f"for the output of call {call_id!r}.",
+                        param=f"{where}.call_id",
+                    )
+                if not isinstance(output, str):
+                    raise InvalidRequest(
+                        f"Invalid type for '{where}.output': expected a string.", param=f"{where}.output"
+                    )
+                if any(o.call_id == call_id for o in outputs):
+                    raise InvalidRequest(
+                        f"Invalid value for '{where}.call_id': call {call_id!r} is answered twice.",
+                        param=f"{where}.call_id",
+                    )
+                row = waiting[call_id]
+                result = {
+                    "id": new_id("fco"),
+                    "type": "function_call_output",
+                    "call_id": call_id,
+                    "output": output,
+                    "status": "completed",
+                }
+                outputs.append(StepRecord(row.step, call_id, "client", "completed", {"output": result}))
+            elif kind == "mcp_approval_response":
+                approval_id, approve = item.get("approval_request_id"), item.get("approve")
+                reason = item.get("reason")
+                if not isinstance(approval_id, str) or approval_id not in open_approvals:
+                    raise InvalidRequest(
+                        f"Invalid value for '{where}.approval_request_id': response '{run.response_id}' has "
+                        f"no pending approval {approval_id!r}.",
+                        param=f"{where}.approval_request_id",
+                    )
+                if not isinstance(approve, bool):
+                    raise InvalidRequest(
+                        f"Invalid type for '{where}.approve': expected a boolean.", param=f"{where}.approve"
+                    )
+                if reason is not None and not isinstance(reason, str):
+                    raise InvalidRequest(
+                        f"Invalid type for '{where}.reason': expected a string.", param=f"{where}.reason"
+                    )
+                if not may_decide(open_approvals[approval_id], caller.principal_id, principal_name):
+                    raise PermissionDenied(
+                        f"Principal '{principal_name}' may not decide approval '{approval_id}'.",
+                        code="not_an_approver",
+                    )
+                decisions.append((approval_id, approve, reason))
+            else:
+                raise InvalidRequest(
+                    f"Invalid value for '{where}.type': a paused response takes only "
+                    "'function_call_output' and 'mcp_approval_response' items.",
+                    param=f"{where}.type",
+                )
+        if set(waiting) - {o.call_id for o in outputs} and outputs:
+            missing = sorted(set(waiting) - {o.call_id for o in outputs})
+            raise InvalidRequest(
+                f"Response '{run.response_id}' also waits for the output of call(s) {', '.join(missing)}; "
+                "send them together.",
+                param="input",
+            )
+        for approval_id, approve, reason in decisions:
+            await asyncio.to_thread(
+                partial(
+                    self.store.approvals.decide,
+                    run.tenant_id,
+                    approval_id,
+                    principal_id=caller.principal_id,
+                    principal_name=principal_name,
+                    approve=approve,
+                    reason=reason,
+                )
+            )
+        if outputs:
+            await asyncio.to_thread(self.store.runs.submit_outputs, run.tenant_id, run.response_id, outputs)
+
     # -- the worker side ------------------------------------------------------------------------
 
-    async def execute(self, run: RunRecord, lease: Lease) -> None:
-        """Run the claimed run's model step and commit it, renewing the lease meanwhile."""
+    async def execute(
+        self,
+        run: RunRecord,
+        lease: Lease,
+        *,
+        turn: PreparedTurn | None = None,
+        sink: asyncio.Queue[Any] | None = None,
+    ) -> None:
+        """Continue the claimed run from its journal, renewing the lease meanwhile."""
         heartbeat = asyncio.create_task(self._heartbeat(lease))
         try:
-            await self._execute(run, lease)
+            await self._execute(run, lease, turn, sink)
         except LeaseLost:
             log.warning(
                 "lost the lease of run %s (attempt %d); another worker has it", run.response_id, lease.attempt
             )
+            if sink is not None:
+                sink.put_nowait(LOST)
         except asyncio.CancelledError:
             # Shutting down: let the next worker take the run without waiting for the lease.
             with contextlib.suppress(Exception):  # else the lease expires anyway
@@ -194,37 +413,47 @@ class BackgroundRuns:
             except Exception as exc:  # a database hiccup: try again at the next beat
                 log.warning("heartbeat of run %s failed: %s", lease.response_id, exc)
 
-    async def _execute(self, run: RunRecord, lease: Lease) -> None:
-        checkpoint = RunCheckpoint(self.store, lease, self.lease_seconds)
+    async def _execute(
+        self, run: RunRecord, lease: Lease, turn: PreparedTurn | None, sink: asyncio.Queue[Any] | None
+    ) -> None:
+        checkpoint = RunCheckpoint(self.store, lease, self.lease_seconds, sink, eager=run.background)
         payload = run.request
         caller = Caller(tenant_id=run.tenant_id, principal_id=run.principal_id)
+
+        async def end(status: str, extra: dict[str, Any]) -> None:
+            response = {**payload["response"], "status": status, **extra}
+            final_type = "response.failed" if status == "failed" else "response.incomplete"
+            final = checkpoint.emit({"type": final_type, "response": response}, announce=False)
+            await asyncio.to_thread(self.store.runs.finish, lease, status, checkpoint.take())
+            checkpoint.announce(final)
+
         if run.cancel_requested:  # cancelled while its last worker was dying: do not start again
-            response = {**payload["response"], "status": "cancelled"}
-            events = checkpoint.finish({"type": "response.incomplete", "response": response})
-            await asyncio.to_thread(self.store.runs.finish, lease, "cancelled", events)
+            await end("cancelled", {})
             return
         try:
-            if lease.attempt > MAX_ATTEMPTS:
+            if lease.attempt > MAX_ATTEMPTS + run.steps:
                 raise SREError(
-                    f"the run was started {MAX_ATTEMPTS} times and never finished", code="server_error"
+                    f"the run was started {lease.attempt - 1} times and never finished", code="server_error"
                 )
-            turn = await self.turns.prepare(caller, CreateResponse.model_validate(payload["request"]))
+            if turn is None:
+                turn = await self.turns.prepare(caller, CreateResponse.model_validate(payload["request"]))
+                turn.response_id = run.response_id
+                turn.created_at = payload["response"]["created_at"]
+                turn.reported_model = payload.get("reported_model")
+                if payload.get("agent") is not None:
+                    turn.body["agent"] = payload["agent"]
         except SREError as exc:  # the request no longer holds (a deleted conversation, say)
             error = {"code": exc.code or exc.error_type, "message": exc.message}
-            response = {**payload["response"], "status": "failed", "error": error}
-            await asyncio.to_thread(
-                self.store.runs.finish,
-                lease,
-                "failed",
-                checkpoint.finish({"type": "response.failed", "response": response}),
-            )
+            await end("failed", {"error": error})
             return
-        turn.response_id = run.response_id
-        turn.created_at = payload["response"]["created_at"]
-        turn.reported_model = payload.get("reported_model")
-        if payload.get("agent") is not None:
-            turn.body["agent"] = payload["agent"]
-        await self.turns.run_background(turn, checkpoint)
+        await self.engine.execute(turn, checkpoint)
+
+    async def aclose(self) -> None:
+        """Let inline runs reach their next commit, up to a bound, then cancel (their leases are let go)."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=10)
+            for task in pending:
+                task.cancel()
 
 
 class WorkerPool:
@@ -237,8 +466,7 @@ class WorkerPool:
         # PostgreSQL wakes workers with NOTIFY, so its polling is only the fallback.
         self.poll_interval = poll_interval if poll_interval is not None else (1.0 if pg else 0.2)
         self._tasks: list[asyncio.Task[None]] = []
-        host = socket.gethostname()[:40]
-        self.worker_ids = [f"{host}:{os.getpid()}:{i}:{uuid.uuid4().hex[:8]}" for i in range(count)]
+        self.worker_ids = [_worker_id(i) for i in range(count)]
 
     def start(self) -> None:
         for worker_id in self.worker_ids:

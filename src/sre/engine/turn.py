@@ -1,10 +1,12 @@
 """One turn of a stateful conversation over a stateless model.
 
-`prepare` validates the request and reads what the turn needs (the agent it names, if any, the
-previous response or the conversation, and the newest items that fit the model's window); it
-writes nothing and raises a clear error for anything wrong. `run` drives the model in a task of its
-own, so a client that goes away does not lose the turn, and commits the turn's input, output,
-response and model call record in one transaction before announcing completion.
+`prepare` validates the request and reads what the turn needs (the agent it names, if any, with its
+tools, the previous response or the conversation, and the newest items that fit the model's window);
+it writes nothing and raises a clear error for anything wrong. A durable turn (background, or an
+agent's) then goes to the run engine (`sre.engine.runs`). A plain turn is one model call: `start`
+drives the model in a task of its own, so a client that goes away does not lose the turn, and
+commits the turn's input, output, response and model call record in one transaction before
+announcing completion.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sre.engine.agents import apply_agent, load_agent, parse_agent_ref
 from sre.engine.assembler import Assembler, Event
 from sre.engine.shapes import response_object, usage_object
 from sre.models.base import ChatModel, FunctionTool, ModelRequest
 from sre.models.config import ModelRegistry
-from sre.store import LeaseLost, Store, TurnCommit
+from sre.store import Store, TurnCommit
+from sre.tools.catalog import BoundTool, ToolCatalog
+from sre.tools.registry import ToolRegistry
+from sre.types.agents import AgentDefinition
 from sre.types.errors import InvalidRequest, ModelError, SREError
 from sre.types.ids import new_id
 from sre.types.items import (
@@ -31,7 +36,7 @@ from sre.types.items import (
     item_from_json,
     parse_input_items,
 )
-from sre.types.records import AgentVersion, Caller, Lease, ModelCallRecord, ResponseRecord, Window
+from sre.types.records import AgentVersion, Caller, ModelCallRecord, ResponseRecord, Window
 from sre.types.requests import CreateResponse
 
 AnyItem = Message | FunctionCall | FunctionCallOutput
@@ -44,18 +49,6 @@ FINAL_EVENT = {
     # `response.incomplete` whose response has status "cancelled" (the openai client parses it).
     "cancelled": "response.incomplete",
 }
-
-
-class Checkpoint(Protocol):
-    """What a background run does between chunks; see `sre.engine.background`."""
-
-    lease: Lease
-
-    def emit(self, event: Event) -> None: ...
-
-    async def after_chunk(self) -> bool: ...
-
-    def finish(self, final: Event) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -73,6 +66,15 @@ class PreparedTurn:
     reported_model: str | None = None  # what the response says it ran on ("agent:NAME"), if not the model
     completed_at: int | None = None
     counted: tuple[int, int, int, bool] | None = None  # input, cached, output tokens, exact
+    agent: AgentVersion | None = None
+    definition: AgentDefinition | None = None  # the agent's, when the request names one
+    tools: dict[str, BoundTool] = field(default_factory=dict)  # the server-side tools it may call
+
+    @property
+    def durable(self) -> bool:
+        """Run by the run engine (journal, lease, steps) rather than as one model call: background
+        runs, and stored turns of an agent."""
+        return bool(self.request.background) or (self.definition is not None and self.request.store)
 
     @property
     def model_label(self) -> str:
@@ -127,9 +129,10 @@ def _check_tool_outputs(items: list[AnyItem], window: Window) -> None:
 
 
 class TurnEngine:
-    def __init__(self, store: Store, models: ModelRegistry) -> None:
+    def __init__(self, store: Store, models: ModelRegistry, tools: ToolCatalog | None = None) -> None:
         self.store = store
         self.models = models
+        self.tools = tools if tools is not None else ToolCatalog(ToolRegistry())
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def prepare(self, caller: Caller, request: CreateResponse) -> PreparedTurn:
@@ -144,9 +147,28 @@ class TurnEngine:
             )
         ref = parse_agent_ref(request.model)
         agent: AgentVersion | None = None
+        definition: AgentDefinition | None = None
+        bound: dict[str, BoundTool] = {}
         if ref is not None:  # an agent's turn is a plain request once its definition is folded in
-            agent, definition = await asyncio.to_thread(load_agent, self.store, caller.tenant_id, ref)
-            request = apply_agent(request, definition)
+            loaded, found = await asyncio.to_thread(load_agent, self.store, caller.tenant_id, ref)
+            agent, definition = loaded, found
+            request = apply_agent(request, found)
+            server_refs = [t for t in found.tools if t.type != "function"]
+            if server_refs and not request.store:
+                raise InvalidRequest(
+                    f"Agent '{found.name}' has server-side tools, so its runs are stored: send "
+                    "'store': true (the default).",
+                    param="store",
+                )
+            bound = await self.tools.resolve(server_refs)
+            for index, tool in enumerate(request.tools or []):
+                if tool.name in bound:
+                    raise InvalidRequest(
+                        f"Invalid value for 'tools[{index}].name': '{tool.name}' is one of agent "
+                        f"'{found.name}''s server-side tools.",
+                        param=f"tools[{index}].name",
+                        code="duplicate_tool",
+                    )
         try:
             model = self.models.resolve(request.model)
         except InvalidRequest:
@@ -185,6 +207,10 @@ class TurnEngine:
             tools=[
                 FunctionTool(name=t.name, description=t.description, parameters=t.parameters, strict=t.strict)
                 for t in request.tools or []
+            ]
+            + [
+                FunctionTool(name=b.spec.name, description=b.spec.description, parameters=b.spec.parameters)
+                for b in bound.values()
             ],
             tool_choice=request.tool_choice.model_dump()
             if request.tool_choice is not None and not isinstance(request.tool_choice, str)
@@ -209,6 +235,9 @@ class TurnEngine:
             model_request=model_request,
             body=body,
             reported_model=None if ref is None else ref.model,
+            agent=agent,
+            definition=definition,
+            tools=bound,
         )
 
     def _read_state(
@@ -264,10 +293,6 @@ class TurnEngine:
         assert final is not None
         return final
 
-    async def run_background(self, turn: PreparedTurn, checkpoint: Checkpoint) -> None:
-        """Run a background run's model step: its events go to `checkpoint`, which ends in the commit."""
-        await self._run(turn, checkpoint.emit, events=True, checkpoint=checkpoint)
-
     async def _drive(self, turn: PreparedTurn, queue: asyncio.Queue[Any], *, events: bool) -> None:
         sequence = 0
 
@@ -296,33 +321,24 @@ class TurnEngine:
         *,
         events: bool,
         queue: asyncio.Queue[Any] | None = None,
-        checkpoint: Checkpoint | None = None,
     ) -> None:
-        """Stream the model into events and commit. With a `checkpoint` (a background run), it is
-        awaited after each chunk: it persists the events so far and says whether to stop (cancel),
-        and its `finish` hands the last events to the commit's transaction."""
+        """Stream the model into events and commit (a one-step turn; durable runs are `RunEngine`'s)."""
         assembler = Assembler(events=events)
         if events:
             emit({"type": "response.created", "response": turn.snapshot("in_progress", [])})
             emit({"type": "response.in_progress", "response": turn.snapshot("in_progress", [])})
         started = time.perf_counter()
         error: SREError | None = None
-        cancelled = False
         try:
             stream = turn.model.stream(turn.model_request)
             try:
                 async for model_event in stream:
                     for event in assembler.feed(model_event):
                         emit(event)
-                    if checkpoint is not None and await checkpoint.after_chunk():
-                        cancelled = True
-                        break
             finally:
                 close = getattr(stream, "aclose", None)
-                if close is not None:  # a cancelled run hangs up on the model at once
+                if close is not None:
                     await close()
-        except LeaseLost:  # another worker has the run now: stop, commit nothing
-            raise
         except SREError as exc:
             error = exc
         except Exception as exc:
@@ -330,7 +346,7 @@ class TurnEngine:
                 f"model '{turn.model.name}' failed: {type(exc).__name__}: {exc}", code="model_error"
             )
         latency_ms = (time.perf_counter() - started) * 1000
-        status = "failed" if error else "cancelled" if cancelled else "completed"
+        status = "failed" if error else "completed"
         if (
             status == "completed"
             and assembler.finish is not None
@@ -340,13 +356,6 @@ class TurnEngine:
         for event in assembler.close("completed" if status != "failed" else "incomplete"):
             emit(event)
         final_type = FINAL_EVENT[status]
-        if checkpoint is not None:
-            snapshot = self._finish_body(turn, assembler, status, error)
-            events_left = checkpoint.finish({"type": final_type, "response": snapshot})
-            await asyncio.to_thread(
-                self._commit, turn, assembler, status, error, latency_ms, (checkpoint.lease, events_left)
-            )
-            return
         record = await asyncio.to_thread(self._commit, turn, assembler, status, error, latency_ms)
         emit({"type": final_type, "response": record})
         if error is not None and not events and queue is not None:
@@ -395,7 +404,6 @@ class TurnEngine:
         status: str,
         error: SREError | None,
         latency_ms: float,
-        run: tuple[Lease, list[dict[str, Any]]] | None = None,
     ) -> dict[str, Any]:
         snapshot = self._finish_body(turn, assembler, status, error)
         assert turn.counted is not None
@@ -451,7 +459,6 @@ class TurnEngine:
                 store=turn.request.store,
                 keep_items=status not in ("failed", "cancelled"),
                 model_call=call,
-                run=run,
             )
         )
         # Output ids were assigned before streaming and the store keeps them, so the snapshot matches.

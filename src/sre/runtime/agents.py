@@ -15,7 +15,9 @@ from sre.types.records import AgentVersion, Caller
 
 class AgentsAPI(RuntimeParts):
     def _with_model(self, definition: AgentDefinition) -> AgentDefinition:
-        """The definition naming a configured model (the default one where it names none)."""
+        """The definition naming a configured model (the default one where it names none), its
+        server-side and MCP tools checked against those configured."""
+        self.tools.check(definition.tools)
         return definition.model_copy(update={"model": self.models.resolve(definition.model).name})
 
     @staticmethod
@@ -49,6 +51,8 @@ class AgentsAPI(RuntimeParts):
         body = _coerce(UpdateAgent, request)
         if body.model is not None:
             self.models.resolve(body.model)  # refuse an unknown model before touching the store
+        if body.tools is not None:
+            self.tools.check(body.tools)
 
         def revise(current: AgentVersion) -> dict[str, Any]:
             latest = AgentDefinition.from_stored(current.name, current.definition)

@@ -14,6 +14,7 @@ from sre.models.config import ModelRegistry
 from sre.models.embeddings import EmbeddingRegistry
 from sre.runtime.settings import Settings
 from sre.store import Store
+from sre.tools.catalog import ToolCatalog
 from sre.types.errors import InvalidRequest
 from sre.types.requests import invalid_from_pydantic
 
@@ -44,6 +45,7 @@ class RuntimeParts:
     settings: Settings
     embeddings: EmbeddingRegistry
     turns: TurnEngine
+    tools: ToolCatalog
     background: BackgroundRuns
     workers: WorkerPool | None
     warm_embeddings: bool

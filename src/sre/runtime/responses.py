@@ -8,35 +8,109 @@ import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from sre.engine.background import FINAL_TYPES, TERMINAL
+from sre.engine.runs import PAUSE_STATUS
 from sre.engine.shapes import item_list, stored_response_object
 from sre.runtime.base import RuntimeParts, _coerce, _page_args
-from sre.types.errors import InvalidRequest, NotFound
-from sre.types.records import Caller
+from sre.types.errors import Conflict, InvalidRequest, ModelError, NotFound
+from sre.types.records import Caller, RunRecord
 from sre.types.requests import (
     CountInputTokens,
     CreateResponse,
 )
 
 
+async def _final(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The response a run's events end with (or pause at); a failed run raises its error."""
+    final: dict[str, Any] | None = None
+    async for event in events:
+        if event["type"] in FINAL_TYPES:
+            final = event["response"]
+    if final is None:
+        raise ModelError("the run ended without a final event", code="server_error")
+    if final.get("status") == "failed":
+        error = final.get("error") or {}
+        raise ModelError(error.get("message") or "the run failed", code=error.get("code") or "server_error")
+    return final
+
+
+async def _single(event: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield event
+
+
 class ResponsesAPI(RuntimeParts):
+    async def _paused_run(self, caller: Caller, request: CreateResponse) -> RunRecord | None:
+        """The run a request continues when it answers a paused response; a run still going is a 409."""
+        if request.previous_response_id is None:
+            return None
+        run = await asyncio.to_thread(self.store.runs.get, caller.tenant_id, request.previous_response_id)
+        if run is None or run.status in TERMINAL:
+            return None
+        if run.status != PAUSE_STATUS:
+            raise Conflict(
+                f"Previous response '{run.response_id}' is still {run.status}; continue from it once it "
+                "has finished.",
+                param="previous_response_id",
+                code="previous_response_not_finished",
+            )
+        return run
+
+    async def _resume(self, caller: Caller, run: RunRecord, request: CreateResponse) -> int | None:
+        """Apply the answers; the sequence number to follow the resumed run after, or None if it is
+        still waiting for other answers."""
+        principal = await asyncio.to_thread(
+            self.store.keys.get_principal, caller.tenant_id, caller.principal_id
+        )
+        await self.background.resume(caller, run, request.input, principal.name)
+        current = await asyncio.to_thread(self.store.runs.get, caller.tenant_id, run.response_id)
+        if current is None or current.status == PAUSE_STATUS:
+            return None
+        return await asyncio.to_thread(self.store.runs.last_sequence, caller.tenant_id, run.response_id)
+
     async def create_response(
         self, caller: Caller, request: CreateResponse | Mapping[str, Any]
     ) -> dict[str, Any]:
-        """Run one turn to the end and return the response object; with `background`, queue it and
-        return the queued response at once."""
-        turn = await self.turns.prepare(caller, _coerce(CreateResponse, request))
+        """Run a turn to its end (or pause) and return the response object; with `background`, queue
+        it and return the queued response at once. Answers to a paused response resume its run."""
+        body = _coerce(CreateResponse, request)
+        paused = await self._paused_run(caller, body)
+        if paused is not None:
+            after = await self._resume(caller, paused, body)
+            if after is None or body.background:
+                return await self.get_response(caller, paused.response_id)
+            return await _final(self.background.watch(caller, paused.response_id, None, after=after))
+        turn = await self.turns.prepare(caller, body)
         if turn.request.background:
             return await self.background.enqueue(turn)
+        if turn.durable:
+            lease = await self.background.start(turn, inline=True)
+            return await _final(self.background.watch(caller, turn.response_id, lease, turn))
         return await self.turns.respond(turn)
 
     async def stream_response(
         self, caller: Caller, request: CreateResponse | Mapping[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
         """Validate and read now (errors raise here), then return the turn's event stream."""
-        turn = await self.turns.prepare(caller, _coerce(CreateResponse, request))
+        body = _coerce(CreateResponse, request)
+        paused = await self._paused_run(caller, body)
+        if paused is not None:
+            after = await self._resume(caller, paused, body)
+            if after is None:
+                return _single(
+                    {
+                        "type": "response.completed",
+                        "response": await self.get_response(caller, paused.response_id),
+                        "sequence_number": 0,
+                    }
+                )
+            return self.background.watch(caller, paused.response_id, None, after=after)
+        turn = await self.turns.prepare(caller, body)
         if turn.request.background:  # queued, then followed through the run's event log
             await self.background.enqueue(turn)
             return await self.background.follow(caller, turn.response_id, None)
+        if turn.durable:
+            lease = await self.background.start(turn, inline=True)
+            return self.background.watch(caller, turn.response_id, lease, turn)
         return self.turns.stream(turn)
 
     async def stream_background_response(

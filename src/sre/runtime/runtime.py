@@ -12,7 +12,9 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from sre.engine.agents import is_agent_name
 from sre.engine.background import BackgroundRuns, WorkerPool
 from sre.engine.turn import TurnEngine
 from sre.models.base import ChatModel
@@ -20,18 +22,48 @@ from sre.models.config import ModelRegistry, local_model_info
 from sre.models.embeddings import EmbeddingModel, EmbeddingRegistry, local_embeddings
 from sre.models.local import LocalChatModel
 from sre.runtime.agents import AgentsAPI
+from sre.runtime.approvals import ApprovalsAPI
 from sre.runtime.conversations import ConversationsAPI
 from sre.runtime.models import ModelsAPI
 from sre.runtime.responses import ResponsesAPI
 from sre.runtime.settings import LOCAL_PRINCIPAL, LOCAL_TENANT, Settings
 from sre.store import Store, sqlite_url
-from sre.types.errors import Unauthenticated
+from sre.tools.base import ToolSource
+from sre.tools.catalog import ToolCatalog
+from sre.tools.registry import ToolRegistry, default_registry, tools_from_modules
+from sre.types.errors import ConfigError, Unauthenticated
 from sre.types.records import ApiKey, Caller
 
 log = logging.getLogger("sre.runtime")
 
 
-class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI):
+def tool_catalog(config: Mapping[str, Any], registry: ToolRegistry | None = None) -> ToolCatalog:
+    """The tools a configuration offers: `[tools] modules` (imported; they register on the default
+    registry) and `[mcp_servers.LABEL]` tables."""
+    table = config.get("tools", {})
+    if not isinstance(table, dict) or set(table) - {"modules"}:
+        raise ConfigError("[tools] takes one key, 'modules': a list of Python modules to import")
+    modules = table.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError("[tools] modules must be a list of module names")
+    tools_from_modules(modules)
+    servers = config.get("mcp_servers", {})
+    if not isinstance(servers, dict):
+        raise ConfigError("[mcp_servers] must be a table of tables, one per server")
+    mcp: dict[str, ToolSource] = {}
+    if servers:
+        from sre.tools.mcp import MCPSource
+
+        for label, server in servers.items():
+            if not is_agent_name(label) or not isinstance(server, dict):
+                raise ConfigError(
+                    f"[mcp_servers.{label}]: a label of letters, digits, '_' or '-', and a table"
+                )
+            mcp[label] = MCPSource.from_config(label, server)
+    return ToolCatalog(registry if registry is not None else default_registry, mcp)
+
+
+class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI):
     """Open with `Runtime.open(...)`; close with `await runtime.aclose()`."""
 
     def __init__(
@@ -40,12 +72,14 @@ class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI):
         models: ModelRegistry,
         settings: Settings,
         embeddings: EmbeddingRegistry | None = None,
+        tools: ToolCatalog | None = None,
     ) -> None:
         self.store = store
         self.models = models
         self.settings = settings
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry()
-        self.turns = TurnEngine(store, models)
+        self.tools = tools if tools is not None else ToolCatalog(ToolRegistry())
+        self.turns = TurnEngine(store, models, self.tools)
         self.background = BackgroundRuns(store, self.turns, lease_seconds=settings.lease_seconds)
         self.workers: WorkerPool | None = None
         self.warm_embeddings = True
@@ -59,9 +93,13 @@ class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI):
         config: str | Path | None = None,
         models: ModelRegistry | list[ChatModel] | None = None,
         embeddings: EmbeddingRegistry | None = None,
+        tools: ToolRegistry | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Runtime:
-        """Connect to the store (migrating it) and set up the models from configuration.
+        """Connect to the store (migrating it) and set up the models and tools from configuration.
+
+        Server-side tools are `tools` (default: `sre.tools.default_registry`, where `@sre.tool`
+        registers) plus those of the modules the configuration's `[tools] modules` names.
 
         With no chat model configured, the bundled local model is the default; with no embedding
         model configured, the bundled local one is. Both load on first use (or `warm`).
@@ -84,8 +122,9 @@ class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI):
                 embeddings.add(local_embeddings())
                 # Available on demand, but loaded at start only in the embedded default.
                 warm_embeddings = all(m.info.provider == "local" for m in registry.models.values())
+        catalog = tool_catalog(settings.config, tools)
         store = Store(settings.database_url or sqlite_url(settings.data_dir))
-        runtime = cls(store, registry, settings, embeddings)
+        runtime = cls(store, registry, settings, embeddings, catalog)
         runtime.warm_embeddings = warm_embeddings
         return runtime
 
@@ -114,7 +153,9 @@ class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI):
         if self.workers is not None:
             await self.workers.aclose()
             self.workers = None
+        await self.background.aclose()
         await self.turns.aclose()
+        await self.tools.aclose()
         await self.models.aclose()
         await self.embeddings.aclose()
         self.store.close()

@@ -1,7 +1,8 @@
 """Where the runtime keeps its data and how it is configured: flags, then environment, then file.
 
 The embedded default is `./.sre/sre.db`; `SRE_DATABASE_URL` (or `--database-url`) selects
-PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models and a `[server]` table.
+PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models, a `[server]` table, the Python modules
+that register server-side tools (`[tools] modules`) and the MCP servers (`[mcp_servers.LABEL]`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,15 @@ class Settings:
         server = config.get("server", {})
         if not isinstance(server, dict):
             raise ConfigError("[server] must be a table")
-        unknown = set(config) - {"models", "default_model", "server", "embeddings", "default_embedding_model"}
+        unknown = set(config) - {
+            "models",
+            "default_model",
+            "server",
+            "embeddings",
+            "default_embedding_model",
+            "tools",
+            "mcp_servers",
+        }
         if unknown:
             raise ConfigError(f"unknown top-level keys in config: {', '.join(sorted(unknown))}")
         raw_max = env.get("SRE_MAX_BODY_BYTES") or server.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sre.store.agents import AgentRepository
+from sre.store.approvals import ApprovalRepository, approval_row
 from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
 from sre.store.keys import KeyRepository, hash_key
@@ -17,11 +18,13 @@ from sre.store.responses import ResponseRepository, TurnCommit
 from sre.store.runs import LeaseLost, RunListener, RunRepository
 
 __all__ = [
+    "ApprovalRepository",
     "Database",
     "LeaseLost",
     "RunListener",
     "Store",
     "TurnCommit",
+    "approval_row",
     "hash_key",
     "normalise_url",
     "sqlite_url",
@@ -44,6 +47,7 @@ class Store:
         self.responses = ResponseRepository(self.db)
         self.agents = AgentRepository(self.db)
         self.runs = RunRepository(self.db)
+        self.approvals = ApprovalRepository(self.db)
 
     @property
     def dialect(self) -> str:

@@ -28,6 +28,7 @@ from sre.store.conversations import (
     read_window,
 )
 from sre.store.database import Database
+from sre.store.model_calls import insert_model_call
 from sre.store.runs import finish_run
 from sre.store.schema import items, model_calls, responses, run_events, runs
 from sre.types.errors import InvalidRequest, NotFound
@@ -82,30 +83,6 @@ def response_from_row(row: sa.Row[Any]) -> ResponseRecord:
     )
 
 
-def _insert_model_call(conn: sa.Connection, call: ModelCallRecord) -> None:
-    conn.execute(
-        model_calls.insert(),
-        dict(
-            tenant_id=call.tenant_id,
-            id=call.id,
-            response_id=call.response_id,
-            principal_id=call.principal_id,
-            model=call.model,
-            provider=call.provider,
-            status=call.status,
-            input_tokens=call.input_tokens,
-            output_tokens=call.output_tokens,
-            latency_ms=call.latency_ms,
-            manifest=dumps(call.manifest),
-            error=call.error,
-            created_at=call.created_at,
-            cached_tokens=call.cached_tokens,
-            tokens_exact=call.tokens_exact,
-            cost_usd=call.cost_usd,
-        ),
-    )
-
-
 class ResponseRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -144,7 +121,7 @@ class ResponseRepository:
             if turn.run is not None:
                 finish_run(conn, turn.run[0], turn.status, turn.run[1])
             if turn.model_call is not None:
-                _insert_model_call(conn, turn.model_call)
+                insert_model_call(conn, turn.model_call)
             if not turn.store and turn.conversation_id is None:
                 return None, [], []
             conv = self._target(conn, turn)
@@ -299,7 +276,7 @@ class ResponseRepository:
     def record_model_call(self, call: ModelCallRecord) -> None:
         """A model call outside a turn (embeddings, for instance)."""
         with self.db.write() as conn:
-            _insert_model_call(conn, call)
+            insert_model_call(conn, call)
 
     def model_calls(self, tenant_id: str, response_id: str) -> list[ModelCallRecord]:
         with self.db.read() as conn:

@@ -1,11 +1,15 @@
-"""Background runs: the queue, the workers' leases, and the run's persisted stream events.
+"""Durable runs: the queue, the workers' leases, the step journal and the run's persisted stream events.
 
 A run is enqueued with its first event in one transaction (on PostgreSQL the commit also sends a
-`NOTIFY` so idle workers wake at once). `claim_runnable_run` hands a queued run, or one whose
-lease expired, to one worker: PostgreSQL picks it with `FOR UPDATE SKIP LOCKED`, SQLite inside a
-`BEGIN IMMEDIATE` transaction. Every later write of a worker (events, heartbeat, the final commit)
-checks that the run still names its lease, so a worker that lost its lease can never write again,
-and a new attempt deletes the events of the dead one. Nothing here knows about models or HTTP.
+`NOTIFY` so idle workers wake at once). A run on a named conversation waits behind the conversation's
+older active runs, so one runs at a time and items keep one order; the enqueue applies the agent's
+concurrency policy (reject, enqueue, interrupt) inside the same transaction. `claim_runnable_run`
+hands a queued run, or one whose lease expired, to one worker: PostgreSQL picks it with
+`FOR UPDATE SKIP LOCKED`, SQLite inside a `BEGIN IMMEDIATE` transaction. Every later write of a worker
+(a step, events, a pause, the final commit) checks that the run still names its lease, so a worker
+that lost its lease can never write again. A step's journal rows, its events and the run's cursor
+commit together; a new attempt drops only the events written after the last committed step. Nothing
+here knows about models, tools or HTTP.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import sqlalchemy as sa
 
 from sre.store.conversations import dumps, id_equals
 from sre.store.database import Database
-from sre.store.schema import run_events, runs
+from sre.store.model_calls import insert_model_call
+from sre.store.schema import approvals, conversations, run_events, run_steps, runs
 from sre.types.errors import Conflict, NotFound
-from sre.types.records import Lease, RunRecord
+from sre.types.records import Lease, ModelCallRecord, RunRecord, StepRecord
 
 TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
+ACTIVE = ("queued", "in_progress", "requires_action")
 NOTIFY_CHANNEL = "sre_runs"
 
 
@@ -48,6 +54,9 @@ def run_from_row(row: sa.Row[Any]) -> RunRecord:
         lease_expires_at=m["lease_expires_at"],
         cancel_requested=bool(m["cancel_requested"]),
         created_at=m["created_at"],
+        conversation_id=m["conversation_id"],
+        background=bool(m["background"]),
+        steps=m["steps"],
     )
 
 
@@ -79,19 +88,168 @@ def _held(lease: Lease) -> sa.ColumnElement[bool]:
     )
 
 
+def _this(tenant_id: str, response_id: str) -> sa.ColumnElement[bool]:
+    return sa.and_(runs.c.tenant_id == tenant_id, runs.c.response_id == response_id)
+
+
+def _runnable() -> sa.ColumnElement[bool]:
+    """Queued and first in its conversation's line, or in progress under an expired lease."""
+    ahead = runs.alias("ahead")
+    blocked = sa.exists().where(
+        ahead.c.tenant_id == runs.c.tenant_id,
+        ahead.c.conversation_id == runs.c.conversation_id,
+        ahead.c.status.in_(ACTIVE),
+        sa.or_(
+            ahead.c.queued_ms < runs.c.queued_ms,
+            sa.and_(ahead.c.queued_ms == runs.c.queued_ms, ahead.c.response_id < runs.c.response_id),
+        ),
+    )
+    return sa.or_(
+        sa.and_(runs.c.status == "queued", sa.or_(runs.c.conversation_id.is_(None), ~blocked)),
+        sa.and_(runs.c.status == "in_progress", runs.c.lease_expires_at < _now_ms()),
+    )
+
+
+def _last_sequence(conn: sa.Connection, tenant_id: str, response_id: str) -> int:
+    last = conn.execute(
+        sa.select(sa.func.max(run_events.c.sequence_number)).where(
+            run_events.c.tenant_id == tenant_id, run_events.c.response_id == response_id
+        )
+    ).scalar()
+    return -1 if last is None else int(last)
+
+
+def _notify(conn: sa.Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
+def append_final(conn: sa.Connection, run: RunRecord, final: dict[str, Any]) -> None:
+    """Append `final` (a response.* event without a number) as the run's next event."""
+    event = {**final, "sequence_number": _last_sequence(conn, run.tenant_id, run.response_id) + 1}
+    conn.execute(run_events.insert(), _event_rows(run.tenant_id, run.response_id, 0, [event]))
+
+
+def cancel_now(conn: sa.Connection, run: RunRecord) -> None:
+    """Inside a caller's transaction: end a run no worker holds (queued, or waiting on an action)."""
+    conn.execute(
+        runs.update()
+        .where(_this(run.tenant_id, run.response_id))
+        .values(status="cancelled", lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
+    )
+    conn.execute(
+        approvals.update()
+        .where(
+            approvals.c.tenant_id == run.tenant_id,
+            approvals.c.response_id == run.response_id,
+            approvals.c.status == "pending",
+        )
+        .values(status="cancelled", decided_at=int(time.time()))
+    )
+    conn.execute(
+        run_steps.delete().where(
+            run_steps.c.tenant_id == run.tenant_id, run_steps.c.response_id == run.response_id
+        )
+    )
+    append_final(conn, run, {"type": "response.incomplete", "response": cancelled_object(run)})
+
+
+def cancelled_object(run: RunRecord) -> dict[str, Any]:
+    return {**run.request["response"], "status": "cancelled"}
+
+
 def finish_run(conn: sa.Connection, lease: Lease, status: str, events: Sequence[dict[str, Any]]) -> None:
-    """Inside a caller's transaction: end the run with `status` and append its last events."""
-    done = conn.execute(
+    """Inside a caller's transaction: end the run with `status`, append its last events, drop its
+    journal (its items are committed by now) and, for a run the client did not ask to keep in the
+    background, its events (they only carried the stream)."""
+    row = conn.execute(sa.select(runs.c.background).where(_held(lease)).with_for_update()).first()
+    if row is None:
+        raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
+    conn.execute(
         runs.update()
         .where(_held(lease))
         .values(status=status, lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
-    ).rowcount
-    if not done:
-        raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
-    if events:
+    )
+    where = sa.and_(run_steps.c.tenant_id == lease.tenant_id, run_steps.c.response_id == lease.response_id)
+    conn.execute(run_steps.delete().where(where))
+    if row.background:
+        if events:
+            conn.execute(
+                run_events.insert(), _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events)
+            )
+    else:
         conn.execute(
-            run_events.insert(), _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events)
+            run_events.delete().where(
+                run_events.c.tenant_id == lease.tenant_id, run_events.c.response_id == lease.response_id
+            )
         )
+
+
+def _step_rows(lease: Lease, steps: Sequence[StepRecord]) -> list[dict[str, Any]]:
+    now = int(time.time())
+    return [
+        dict(
+            tenant_id=lease.tenant_id,
+            response_id=lease.response_id,
+            step=s.step,
+            call_id=s.call_id,
+            kind=s.kind,
+            status=s.status,
+            data=dumps(s.data),
+            created_at=now,
+        )
+        for s in steps
+    ]
+
+
+def put_steps(conn: sa.Connection, tenant_id: str, response_id: str, steps: Sequence[StepRecord]) -> None:
+    """Write journal rows, replacing rows with the same key (a `started` call becoming `completed`)."""
+    for s in steps:
+        conn.execute(
+            run_steps.delete().where(
+                run_steps.c.tenant_id == tenant_id,
+                run_steps.c.response_id == response_id,
+                run_steps.c.step == s.step,
+                run_steps.c.call_id == s.call_id,
+            )
+        )
+    if steps:
+        lease = Lease(tenant_id=tenant_id, response_id=response_id, owner="", attempt=0, next_sequence=0)
+        conn.execute(run_steps.insert(), _step_rows(lease, steps))
+
+
+def pending_actions(conn: sa.Connection, tenant_id: str, response_id: str) -> int:
+    """How many decisions and client tool outputs a paused run still waits for."""
+    calls = conn.execute(
+        sa.select(sa.func.count()).where(
+            run_steps.c.tenant_id == tenant_id,
+            run_steps.c.response_id == response_id,
+            run_steps.c.kind == "client",
+            run_steps.c.status == "pending",
+        )
+    ).scalar_one()
+    waiting = conn.execute(
+        sa.select(sa.func.count()).where(
+            approvals.c.tenant_id == tenant_id,
+            approvals.c.response_id == response_id,
+            approvals.c.status == "pending",
+        )
+    ).scalar_one()
+    return int(calls) + int(waiting)
+
+
+def requeue_if_ready(conn: sa.Connection, tenant_id: str, response_id: str) -> bool:
+    """Put a paused run back in the queue once nothing is pending; return whether it was."""
+    if pending_actions(conn, tenant_id, response_id):
+        return False
+    done = conn.execute(
+        runs.update()
+        .where(_this(tenant_id, response_id), runs.c.status == "requires_action")
+        .values(status="queued", updated_at=int(time.time()))
+    ).rowcount
+    if done:
+        _notify(conn)
+    return bool(done)
 
 
 class RunRepository:
@@ -105,29 +263,87 @@ class RunRepository:
         principal_id: str,
         request: dict[str, Any],
         first: dict[str, Any],
-    ) -> None:
-        """Queue a run and its first event (`response.queued`) in one transaction."""
+        *,
+        conversation_id: str | None = None,
+        background: bool = True,
+        policy: str = "enqueue",
+        owner: str | None = None,
+        lease_seconds: float = 10.0,
+    ) -> Lease | None:
+        """Queue a run and its first event (`response.queued`) in one transaction.
+
+        On a named conversation with an active run, `policy` decides: `reject` raises `Conflict`,
+        `enqueue` queues behind it, `interrupt` cancels the active runs (a running one at its next
+        step) and queues behind them. With an `owner`, a run that can start at once is claimed for
+        it and its `Lease` returned.
+        """
         now = int(time.time())
         with self.db.write() as conn:
+            startable = True
+            if conversation_id is not None:
+                conn.execute(  # serialise enqueues on one conversation (a no-op lock on SQLite)
+                    sa.select(conversations.c.id)
+                    .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
+                    .with_for_update()
+                )
+                active = [
+                    run_from_row(r)
+                    for r in conn.execute(
+                        sa.select(runs).where(
+                            runs.c.tenant_id == tenant_id,
+                            runs.c.conversation_id == conversation_id,
+                            runs.c.status.in_(ACTIVE),
+                        )
+                    )
+                ]
+                if active and policy == "reject":
+                    raise Conflict(
+                        f"Conversation '{conversation_id}' already has an active response "
+                        f"('{active[0].response_id}', {active[0].status}); its agent's concurrency policy "
+                        "is 'reject'. Wait for it to finish or cancel it.",
+                        param="conversation",
+                        code="conversation_busy",
+                    )
+                for run in active if policy == "interrupt" else []:
+                    if run.status == "in_progress":
+                        conn.execute(
+                            runs.update()
+                            .where(_this(tenant_id, run.response_id))
+                            .values(cancel_requested=True)
+                        )
+                    else:
+                        cancel_now(conn, run)
+                # Interrupted runs that were not running are gone now; a running one stops at its next step.
+                startable = not [r for r in active if policy != "interrupt" or r.status == "in_progress"]
+            claim = owner is not None and startable
             conn.execute(
                 runs.insert(),
                 dict(
                     tenant_id=tenant_id,
                     response_id=response_id,
                     principal_id=principal_id,
-                    status="queued",
+                    status="in_progress" if claim else "queued",
                     request=dumps(request),
-                    attempts=0,
-                    lease_owner=None,
-                    lease_expires_at=None,
+                    attempts=1 if claim else 0,
+                    lease_owner=owner if claim else None,
+                    lease_expires_at=_now_ms() + int(lease_seconds * 1000) if claim else None,
                     cancel_requested=False,
                     created_at=now,
                     updated_at=now,
+                    conversation_id=conversation_id,
+                    queued_ms=_now_ms(),
+                    background=background,
+                    steps=0,
+                    committed_sequence=0,
                 ),
             )
             conn.execute(run_events.insert(), _event_rows(tenant_id, response_id, 0, [first]))
-            if self.db.dialect == "postgresql":
-                conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+            if not claim:
+                _notify(conn)
+        if not claim:
+            return None
+        assert owner is not None
+        return Lease(tenant_id=tenant_id, response_id=response_id, owner=owner, attempt=1, next_sequence=1)
 
     def get(self, tenant_id: str, response_id: str) -> RunRecord | None:
         with self.db.read() as conn:
@@ -138,17 +354,19 @@ class RunRepository:
             ).first()
         return None if row is None else run_from_row(row)
 
-    def claim_runnable_run(self, worker_id: str, lease_seconds: float) -> tuple[RunRecord, Lease] | None:
-        """Take the oldest queued run, or one whose lease expired, for `worker_id`; None if there is none.
+    def claim_runnable_run(
+        self, worker_id: str, lease_seconds: float, *, only: tuple[str, str] | None = None
+    ) -> tuple[RunRecord, Lease] | None:
+        """Take the oldest runnable run (or, with `only`, that tenant's run) for `worker_id`; None if
+        there is none.
 
-        A new attempt drops the events a dead attempt had written; its own events continue the
-        numbering, so a client resuming from an old sequence number sees the new attempt whole.
+        A new attempt drops the events a dead attempt wrote after the last committed step; its own
+        events continue the numbering, so a client resuming from an old sequence number sees it whole.
         """
         now = _now_ms()
-        runnable = sa.or_(
-            runs.c.status == "queued",
-            sa.and_(runs.c.status == "in_progress", runs.c.lease_expires_at < now),
-        )
+        runnable = _runnable()
+        if only is not None:
+            runnable = sa.and_(runnable, _this(*only))
         with self.db.read() as conn:  # idle workers poll: look before taking the write lock
             if conn.execute(sa.select(runs.c.response_id).where(runnable).limit(1)).first() is None:
                 return None
@@ -156,9 +374,9 @@ class RunRepository:
             row = conn.execute(
                 sa.select(runs)
                 .where(runnable)
-                .order_by(runs.c.created_at)
+                .order_by(runs.c.queued_ms)
                 .limit(1)
-                .with_for_update(skip_locked=True)
+                .with_for_update(skip_locked=True, of=runs)
             ).first()
             if row is None:
                 return None
@@ -166,7 +384,7 @@ class RunRepository:
             attempt = run.attempts + 1
             conn.execute(
                 runs.update()
-                .where(runs.c.tenant_id == run.tenant_id, runs.c.response_id == run.response_id)
+                .where(_this(run.tenant_id, run.response_id))
                 .values(
                     status="in_progress",
                     attempts=attempt,
@@ -175,16 +393,13 @@ class RunRepository:
                     updated_at=now // 1000,
                 )
             )
-            last = conn.execute(
-                sa.select(sa.func.max(run_events.c.sequence_number)).where(
-                    run_events.c.tenant_id == run.tenant_id, run_events.c.response_id == run.response_id
-                )
-            ).scalar()
+            last = _last_sequence(conn, run.tenant_id, run.response_id)
             conn.execute(
                 run_events.delete().where(
                     run_events.c.tenant_id == run.tenant_id,
                     run_events.c.response_id == run.response_id,
                     run_events.c.attempt > 0,
+                    run_events.c.sequence_number > row._mapping["committed_sequence"],
                 )
             )
         lease = Lease(
@@ -192,7 +407,7 @@ class RunRepository:
             response_id=run.response_id,
             owner=worker_id,
             attempt=attempt,
-            next_sequence=(-1 if last is None else int(last)) + 1,
+            next_sequence=last + 1,
         )
         return run, lease
 
@@ -221,6 +436,91 @@ class RunRepository:
                 )
             return cancel
 
+    # -- the step journal -------------------------------------------------------------------------
+
+    def steps(self, tenant_id: str, response_id: str) -> list[StepRecord]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(run_steps)
+                .where(run_steps.c.tenant_id == tenant_id, run_steps.c.response_id == response_id)
+                .order_by(run_steps.c.step, run_steps.c.created_at)
+            )
+            return [
+                StepRecord(
+                    step=r.step, call_id=r.call_id, kind=r.kind, status=r.status, data=json.loads(r.data)
+                )
+                for r in rows
+            ]
+
+    def commit_step(
+        self,
+        lease: Lease,
+        steps: Sequence[StepRecord],
+        events: Sequence[dict[str, Any]],
+        lease_seconds: float,
+        *,
+        model_call: ModelCallRecord | None = None,
+        cursor: int | None = None,
+    ) -> bool:
+        """One transaction: journal rows, the step's events, its model call record and the run's cursor
+        (the committed step count and last event), renewing the lease; return whether to cancel."""
+        with self.db.write() as conn:
+            cancel = self._renew(conn, lease, lease_seconds)
+            put_steps(conn, lease.tenant_id, lease.response_id, steps)
+            if model_call is not None:
+                insert_model_call(conn, model_call)
+            values: dict[str, Any] = {}
+            if events:
+                conn.execute(
+                    run_events.insert(),
+                    _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events),
+                )
+                values["committed_sequence"] = events[-1]["sequence_number"]
+            if cursor is not None:
+                values["steps"] = cursor
+            if values:
+                conn.execute(runs.update().where(_held(lease)).values(**values))
+            return cancel
+
+    def pause(
+        self,
+        lease: Lease,
+        steps: Sequence[StepRecord],
+        events: Sequence[dict[str, Any]],
+        new_approvals: Sequence[dict[str, Any]],
+    ) -> bool:
+        """Stop the run in `requires_action`: pending client calls (journal rows) and approvals are
+        written with its last events, and the lease is let go. If everything it waits for was already
+        decided, it goes back to the queue instead; return whether it paused."""
+        with self.db.write() as conn:
+            if not conn.execute(runs.update().where(_held(lease)).values(status="requires_action")).rowcount:
+                raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
+            put_steps(conn, lease.tenant_id, lease.response_id, steps)
+            if new_approvals:
+                conn.execute(approvals.insert(), list(new_approvals))
+            values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+            if events:
+                conn.execute(
+                    run_events.insert(),
+                    _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events),
+                )
+                values["committed_sequence"] = events[-1]["sequence_number"]
+            conn.execute(runs.update().where(_this(lease.tenant_id, lease.response_id)).values(**values))
+            return not requeue_if_ready(conn, lease.tenant_id, lease.response_id)
+
+    def submit_outputs(self, tenant_id: str, response_id: str, steps: Sequence[StepRecord]) -> bool:
+        """A client's outputs for a paused run's function calls; return whether the run is queued again."""
+        with self.db.write() as conn:
+            row = conn.execute(
+                sa.select(runs.c.status).where(_this(tenant_id, response_id)).with_for_update()
+            ).first()
+            if row is None or row.status != "requires_action":
+                raise Conflict(
+                    f"Response '{response_id}' is not waiting for tool outputs.", code="response_not_paused"
+                )
+            put_steps(conn, tenant_id, response_id, steps)
+            return requeue_if_ready(conn, tenant_id, response_id)
+
     def release(self, lease: Lease) -> None:
         """Give a run back before its lease expires (a worker shutting down): claimable at once."""
         with self.db.write() as conn:
@@ -231,9 +531,9 @@ class RunRepository:
         with self.db.write() as conn:
             finish_run(conn, lease, status, events)
 
-    def cancel(self, tenant_id: str, response_id: str, final: dict[str, Any]) -> RunRecord:
-        """Cancel a queued run now (appending `final` as its last event), or flag a running one for its
-        worker; `Conflict` for a finished run. `final` gets the next sequence number."""
+    def cancel(self, tenant_id: str, response_id: str) -> RunRecord:
+        """Cancel a queued or paused run now, or flag a running one for its worker; `Conflict` for a
+        finished run."""
         with self.db.write() as conn:
             row = conn.execute(
                 sa.select(runs)
@@ -245,22 +545,13 @@ class RunRepository:
             run = run_from_row(row)
             if run.status in TERMINAL:
                 raise Conflict(
-                    f"Response '{response_id}' is already {run.status}; only a queued or in-progress "
-                    "background response can be cancelled.",
+                    f"Response '{response_id}' is already {run.status}; only a queued, in-progress or "
+                    "paused response can be cancelled.",
                     code="response_not_cancellable",
                 )
-            where = sa.and_(runs.c.tenant_id == run.tenant_id, runs.c.response_id == run.response_id)
-            if run.status == "queued":
-                conn.execute(
-                    runs.update().where(where).values(status="cancelled", updated_at=int(time.time()))
-                )
-                last = conn.execute(
-                    sa.select(sa.func.max(run_events.c.sequence_number)).where(
-                        run_events.c.tenant_id == run.tenant_id, run_events.c.response_id == run.response_id
-                    )
-                ).scalar()
-                event = {**final, "sequence_number": (-1 if last is None else int(last)) + 1}
-                conn.execute(run_events.insert(), _event_rows(run.tenant_id, run.response_id, 0, [event]))
+            where = _this(run.tenant_id, run.response_id)
+            if run.status in ("queued", "requires_action"):
+                cancel_now(conn, run)
                 return run_from_row(conn.execute(sa.select(runs).where(where)).one())
             conn.execute(runs.update().where(where).values(cancel_requested=True))
             return run
@@ -280,6 +571,16 @@ class RunRepository:
                 .limit(limit)
             )
             return [json.loads(r.data) for r in rows]
+
+    def last_sequence(self, tenant_id: str, response_id: str) -> int:
+        with self.db.read() as conn:
+            return _last_sequence(conn, tenant_id, response_id)
+
+    def counts(self) -> dict[str, int]:
+        """Runs by status (all tenants): for tests, benchmarks and health pages."""
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status))
+            return {r[0]: int(r[1]) for r in rows}
 
     def listener(self) -> RunListener:
         return RunListener(self.db)

@@ -134,9 +134,9 @@ agents = sa.Table(
     sa.Column("deleted_at", sa.BigInteger, nullable=True),
 )
 
-# A background run: the request to execute, its status, and the lease of the worker executing it.
-# Its `responses` row is written when it finishes (in the turn's transaction); until then the
-# response object is read from here.
+# A durable run (background, or an agent's): the request to execute, its status, the lease of the
+# worker executing it, and its place in its conversation's queue. Its `responses` row is written when
+# it finishes (in the turn's transaction); until then the response object is read from here.
 runs = sa.Table(
     "runs",
     metadata,
@@ -151,8 +151,17 @@ runs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # 0005: the named conversation (one active run each), the queue order (epoch ms), whether the
+    # client asked for `background` (its events are kept), the committed step count and the last
+    # event committed with a step (a new attempt drops the events after it).
+    sa.Column("conversation_id", sa.String(64), nullable=True),
+    sa.Column("queued_ms", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("background", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("steps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("committed_sequence", sa.BigInteger, nullable=False, server_default="0"),
 )
 sa.Index("ix_runs_runnable", runs.c.status, runs.c.created_at)
+sa.Index("ix_runs_conversation", runs.c.tenant_id, runs.c.conversation_id, runs.c.status)
 
 run_events = sa.Table(
     "run_events",
@@ -166,6 +175,46 @@ run_events = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+# The journal of an unfinished run: one row per model step (call_id "") and per tool call. A tool
+# call that is not idempotent gets a `started` row before it runs, so a crash leaves its outcome
+# visibly unknown. The rows go when the run finishes: its items are in the conversation by then.
+run_steps = sa.Table(
+    "run_steps",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("response_id", sa.String(64), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("call_id", sa.String(256), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # model, tool, client
+    sa.Column("status", sa.String(16), nullable=False),  # started, completed
+    sa.Column("data", sa.Text, nullable=False),  # JSON
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# A decision a paused run waits for: a tool call that needs approval, or a non-idempotent call whose
+# outcome a crash left unknown (approve: run it again; deny: tell the model it did not run).
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("response_id", sa.String(64), nullable=False),
+    sa.Column("principal_id", sa.String(64), nullable=False),  # whom the run acts for
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("call_id", sa.String(256), nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),  # approval, unknown_outcome
+    sa.Column("tool", sa.String(200), nullable=False),
+    sa.Column("arguments", sa.Text, nullable=False),
+    sa.Column("approvers", sa.Text, nullable=False),  # JSON list of principal names; [] = the run's own
+    sa.Column("status", sa.String(16), nullable=False),  # pending, approved, denied, cancelled
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("decided_by", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("decided_at", sa.BigInteger, nullable=True),
+)
+sa.Index("ix_approvals_status", approvals.c.tenant_id, approvals.c.status, approvals.c.created_at)
+sa.Index("ix_approvals_response", approvals.c.tenant_id, approvals.c.response_id)
+
 ALL_TABLES = (
     tenants,
     principals,
@@ -177,4 +226,6 @@ ALL_TABLES = (
     agents,
     runs,
     run_events,
+    run_steps,
+    approvals,
 )

@@ -2,10 +2,11 @@
 
 `AgentDefinition` is the body of `POST /v1/agents` and, without its name and with a
 `schema_version`, the JSON that each stored version keeps; `UpdateAgent` is the body of
-`POST /v1/agents/{name}`, whose fields replace those of the newest version. Instructions, model and
-tools take effect on every turn now; `limits`, `approval` and `concurrency` are validated and kept
-for the run engine, which will enforce them. Whether the model exists is checked by the runtime,
-which knows the configured models; this module does no I/O.
+`POST /v1/agents/{name}`, whose fields replace those of the newest version. An agent's tools are
+client-side function tools (as in the Responses API), server-side tools by name (`{"type": "server"}`)
+and the tools of a configured MCP server (`{"type": "mcp"}`); its limits, approval policy and
+concurrency policy bound and shape each run. Whether the model and the tools exist is checked by the
+runtime, which knows what is configured; this module does no I/O.
 """
 
 from __future__ import annotations
@@ -28,8 +29,32 @@ AgentName = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTE
 ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 Instructions = Annotated[str, Field(max_length=256_000)]
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
-Tools = Annotated[list[FunctionToolParam], Field(max_length=MAX_TOOLS)]
 Concurrency = Literal["reject", "enqueue", "interrupt"]
+
+
+class ServerToolParam(BaseModel):
+    """A server-side tool from the runtime's registry, by name."""
+
+    model_config = _STRICT
+    type: Literal["server"]
+    name: ToolName
+
+
+class MCPToolParam(BaseModel):
+    """The tools of an MCP server configured in the runtime (`[mcp_servers.LABEL]`)."""
+
+    model_config = _STRICT
+    type: Literal["mcp"]
+    server_label: ToolName
+    allowed_tools: Annotated[list[ToolName], Field(max_length=MAX_TOOLS)] | None = None
+
+
+AgentTool = Annotated[FunctionToolParam | ServerToolParam | MCPToolParam, Field(discriminator="type")]
+Tools = Annotated[list[AgentTool], Field(max_length=MAX_TOOLS)]
+
+
+def tool_key(tool: FunctionToolParam | ServerToolParam | MCPToolParam) -> str:
+    return f"mcp:{tool.server_label}" if isinstance(tool, MCPToolParam) else tool.name
 
 
 class InvalidField(InvalidRequest, ValueError):
@@ -44,20 +69,23 @@ def _metadata(value: object) -> dict[str, str]:
         raise InvalidField(exc.message, param=exc.param, code=exc.code) from None
 
 
-def _distinct_tools(tools: list[FunctionToolParam]) -> None:
+def _distinct_tools(tools: list[FunctionToolParam | ServerToolParam | MCPToolParam]) -> None:
     seen: set[str] = set()
     for index, tool in enumerate(tools):
-        if tool.name in seen:
+        key = tool_key(tool)
+        if key in seen:
+            field = "server_label" if isinstance(tool, MCPToolParam) else "name"
             raise InvalidField(
-                f"Invalid value for 'tools[{index}].name': a tool named '{tool.name}' is already defined.",
-                param=f"tools[{index}].name",
+                f"Invalid value for 'tools[{index}].{field}': '{key}' is already among the agent's tools.",
+                param=f"tools[{index}].{field}",
                 code="invalid_value",
             )
-        seen.add(tool.name)
+        seen.add(key)
 
 
 class AgentLimits(BaseModel):
-    """Bounds on one run of the agent; absent means unbounded. Stored for the run engine."""
+    """Bounds on one run of the agent; absent means unbounded. A run that reaches one ends
+    `incomplete` with the limit as its reason (checked between steps)."""
 
     model_config = _STRICT
     max_tool_calls: Annotated[int, Field(ge=1, le=10_000)] | None = None
@@ -65,12 +93,31 @@ class AgentLimits(BaseModel):
     deadline_seconds: Annotated[int, Field(ge=1, le=365 * 86400)] | None = None
 
 
+Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists"]
+
+
+class ApprovalRule(BaseModel):
+    """A call of `tool` needs approval when its top-level `argument` satisfies `op value`
+    (`exists`: the argument is present; no `argument`: every call)."""
+
+    model_config = _STRICT
+    tool: ToolName
+    argument: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    op: Operator = "exists"
+    value: str | int | float | bool | list[str | int | float | bool] | None = None
+
+
 class AgentApproval(BaseModel):
-    """Which tools pause a run until a principal approves the call. Stored for the run engine."""
+    """Which tool calls pause a run until an approver decides, and who the approvers are (principal
+    names or ids; none named: the principal the run acts for)."""
 
     model_config = _STRICT
     tools_requiring_approval: Annotated[list[ToolName], Field(max_length=MAX_TOOLS)] = Field(
         default_factory=list
+    )
+    rules: Annotated[list[ApprovalRule], Field(max_length=MAX_TOOLS)] = Field(default_factory=list)
+    approvers: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=100)] = (
+        Field(default_factory=list)
     )
 
 
@@ -94,7 +141,9 @@ class AgentDefinition(BaseModel):
 
     @field_validator("tools")
     @classmethod
-    def _check_tools(cls, value: list[FunctionToolParam]) -> list[FunctionToolParam]:
+    def _check_tools(
+        cls, value: list[FunctionToolParam | ServerToolParam | MCPToolParam]
+    ) -> list[FunctionToolParam | ServerToolParam | MCPToolParam]:
         _distinct_tools(value)
         return value
 
@@ -134,7 +183,9 @@ class UpdateAgent(BaseModel):
 
     @field_validator("tools")
     @classmethod
-    def _check_tools(cls, value: list[FunctionToolParam] | None) -> list[FunctionToolParam] | None:
+    def _check_tools(
+        cls, value: list[FunctionToolParam | ServerToolParam | MCPToolParam] | None
+    ) -> list[FunctionToolParam | ServerToolParam | MCPToolParam] | None:
         _distinct_tools(value or [])
         return value
 

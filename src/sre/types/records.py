@@ -184,18 +184,51 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """A background run: its request (as queued), status and lease."""
+    """A durable run: its request (as queued), status, lease and committed cursor."""
 
     tenant_id: str
     response_id: str
     principal_id: str
-    status: str  # queued, in_progress, completed, incomplete, failed, cancelled
+    status: str  # queued, in_progress, requires_action, completed, incomplete, failed, cancelled
     request: dict[str, Any]  # {"request": CreateResponse JSON, "response": the queued response object, ...}
     attempts: int
     lease_owner: str | None
     lease_expires_at: int | None  # epoch milliseconds
     cancel_requested: bool
     created_at: int
+    conversation_id: str | None = None
+    background: bool = True
+    steps: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One journal row of an unfinished run: a model step (call_id "") or a tool call."""
+
+    step: int
+    call_id: str
+    kind: str  # model, tool, client
+    status: str  # started, completed
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    tenant_id: str
+    id: str
+    response_id: str
+    principal_id: str
+    step: int
+    call_id: str
+    kind: str  # approval, unknown_outcome
+    tool: str
+    arguments: str
+    approvers: list[str]
+    status: str  # pending, approved, denied, cancelled
+    reason: str | None
+    decided_by: str | None
+    created_at: int
+    decided_at: int | None
 
 
 @dataclass(frozen=True, slots=True)

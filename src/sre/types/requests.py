@@ -197,6 +197,9 @@ def invalid_from_error(kind: str, loc: tuple[int | str, ...], msg: str, ctx: Any
         if isinstance(inner, InvalidRequest):
             return inner  # raised by one of our validators, already naming its field
     field = _loc(loc) or None
+    if kind in ("union_tag_invalid", "union_tag_not_found") and field is not None:
+        tag = str((ctx or {}).get("discriminator", "type")).strip("'") if isinstance(ctx, dict) else "type"
+        field = f"{field}.{tag}"
     if kind == "json_invalid":
         return InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON.")
     if kind == "missing" and field is None:

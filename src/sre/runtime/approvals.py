@@ -1,0 +1,96 @@
+"""The runtime's approvals: the decisions paused runs wait for, listed and decided by approvers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sre.runtime.base import RuntimeParts
+from sre.types.errors import InvalidRequest
+from sre.types.records import ApprovalRecord, Caller
+
+STATUSES = ("pending", "approved", "denied", "cancelled")
+MAX_REASON = 4096
+
+
+def approval_object(record: ApprovalRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "approval",
+        "response_id": record.response_id,
+        "kind": record.kind,
+        "tool": record.tool,
+        "arguments": record.arguments,
+        "call_id": record.call_id,
+        "status": record.status,
+        "approvers": record.approvers,
+        "reason": record.reason,
+        "decided_by": record.decided_by,
+        "created_at": record.created_at,
+        "decided_at": record.decided_at,
+    }
+
+
+class ApprovalsAPI(RuntimeParts):
+    async def list_approvals(
+        self,
+        caller: Caller,
+        *,
+        status: str | None = None,
+        response_id: str | None = None,
+        after: str | None = None,
+        limit: int = 20,
+    ) -> dict[str, Any]:
+        """The tenant's approvals, oldest first; filter by `status` (pending, approved, denied,
+        cancelled) and by response."""
+        if status is not None and status not in STATUSES:
+            raise InvalidRequest(
+                f"Invalid value for 'status': {status!r}; use one of {', '.join(STATUSES)}.", param="status"
+            )
+        if not 1 <= limit <= 100:
+            raise InvalidRequest("Invalid value for 'limit': must be between 1 and 100.", param="limit")
+        page = await asyncio.to_thread(
+            lambda: self.store.approvals.list(
+                caller.tenant_id, status=status, response_id=response_id, after=after, limit=limit
+            )
+        )
+        data = [approval_object(r) for r in page.data]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": page.has_more,
+        }
+
+    async def get_approval(self, caller: Caller, approval_id: str) -> dict[str, Any]:
+        record = await asyncio.to_thread(self.store.approvals.get, caller.tenant_id, approval_id)
+        return approval_object(record)
+
+    async def decide_approval(
+        self, caller: Caller, approval_id: str, *, approve: bool, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Approve or deny a pending approval as the caller; the run resumes once nothing else is
+        pending (a worker picks it up; with no workers in this process, it runs here)."""
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+            raise InvalidRequest(
+                f"Invalid value for 'reason': expected a string of at most {MAX_REASON} characters.",
+                param="reason",
+            )
+        principal = await asyncio.to_thread(
+            self.store.keys.get_principal, caller.tenant_id, caller.principal_id
+        )
+        record, requeued = await asyncio.to_thread(
+            lambda: self.store.approvals.decide(
+                caller.tenant_id,
+                approval_id,
+                principal_id=caller.principal_id,
+                principal_name=principal.name,
+                approve=approve,
+                reason=reason,
+            )
+        )
+        if requeued and self.workers is None:
+            run_caller = Caller(tenant_id=caller.tenant_id, principal_id=record.principal_id)
+            self.background.spawn_drain(run_caller, record.response_id)
+        return approval_object(record)

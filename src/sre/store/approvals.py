@@ -1,0 +1,159 @@
+"""Approvals: the decisions paused runs wait for, listed, read and decided.
+
+A decision is one transaction: the approval must still be pending and the deciding principal must be
+one of its approvers (or, with none named, the principal the run acts for); once nothing else is
+pending, the run goes back to the queue in the same transaction, so a worker resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from sre.store.conversations import id_equals
+from sre.store.database import Database
+from sre.store.runs import requeue_if_ready
+from sre.store.schema import approvals
+from sre.types.errors import Conflict, NotFound, PermissionDenied
+from sre.types.records import ApprovalRecord, Page
+
+
+def approval_from_row(row: sa.Row[Any]) -> ApprovalRecord:
+    m = row._mapping
+    return ApprovalRecord(
+        tenant_id=m["tenant_id"],
+        id=m["id"],
+        response_id=m["response_id"],
+        principal_id=m["principal_id"],
+        step=m["step"],
+        call_id=m["call_id"],
+        kind=m["kind"],
+        tool=m["tool"],
+        arguments=m["arguments"],
+        approvers=json.loads(m["approvers"]),
+        status=m["status"],
+        reason=m["reason"],
+        decided_by=m["decided_by"],
+        created_at=m["created_at"],
+        decided_at=m["decided_at"],
+    )
+
+
+def approval_row(record: ApprovalRecord) -> dict[str, Any]:
+    return dict(
+        tenant_id=record.tenant_id,
+        id=record.id,
+        response_id=record.response_id,
+        principal_id=record.principal_id,
+        step=record.step,
+        call_id=record.call_id,
+        kind=record.kind,
+        tool=record.tool,
+        arguments=record.arguments,
+        approvers=json.dumps(record.approvers),
+        status=record.status,
+        reason=record.reason,
+        decided_by=record.decided_by,
+        created_at=record.created_at,
+        decided_at=record.decided_at,
+    )
+
+
+def may_decide(record: ApprovalRecord, principal_id: str, principal_name: str) -> bool:
+    if record.approvers:
+        return principal_name in record.approvers or principal_id in record.approvers
+    return principal_id == record.principal_id
+
+
+class ApprovalRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, tenant_id: str, approval_id: str) -> ApprovalRecord:
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(approvals).where(
+                    approvals.c.tenant_id == tenant_id, id_equals(approvals.c.id, approval_id)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"Approval with id '{approval_id}' not found.", param="approval_id")
+        return approval_from_row(row)
+
+    def list(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None = None,
+        response_id: str | None = None,
+        after: str | None = None,
+        limit: int = 20,
+    ) -> Page:
+        """Oldest first; `after` is the id of the last approval of the previous page."""
+        query = sa.select(approvals).where(approvals.c.tenant_id == tenant_id)
+        with self.db.read() as conn:
+            if status is not None:
+                query = query.where(approvals.c.status == status)
+            if response_id is not None:
+                query = query.where(id_equals(approvals.c.response_id, response_id))
+            if after is not None:
+                cursor = conn.execute(
+                    sa.select(approvals.c.created_at).where(
+                        approvals.c.tenant_id == tenant_id, id_equals(approvals.c.id, after)
+                    )
+                ).first()
+                if cursor is None:
+                    raise NotFound(f"Approval with id '{after}' not found.", param="after")
+                query = query.where(
+                    sa.tuple_(approvals.c.created_at, approvals.c.id) > sa.tuple_(cursor.created_at, after)
+                )
+            rows = conn.execute(query.order_by(approvals.c.created_at, approvals.c.id).limit(limit + 1)).all()
+        return Page(data=[approval_from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+    def decide(
+        self,
+        tenant_id: str,
+        approval_id: str,
+        *,
+        principal_id: str,
+        principal_name: str,
+        approve: bool,
+        reason: str | None,
+    ) -> tuple[ApprovalRecord, bool]:
+        """Approve or deny; return the decided approval and whether its run went back to the queue."""
+        with self.db.write() as conn:
+            row = conn.execute(
+                sa.select(approvals)
+                .where(approvals.c.tenant_id == tenant_id, id_equals(approvals.c.id, approval_id))
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(f"Approval with id '{approval_id}' not found.", param="approval_id")
+            record = approval_from_row(row)
+            if not may_decide(record, principal_id, principal_name):
+                raise PermissionDenied(
+                    f"Principal '{principal_name}' may not decide approval '{approval_id}'.",
+                    code="not_an_approver",
+                )
+            if record.status != "pending":
+                raise Conflict(
+                    f"Approval '{approval_id}' is already {record.status}"
+                    + (f" by '{record.decided_by}'." if record.decided_by else "."),
+                    code="approval_already_decided",
+                )
+            now = int(time.time())
+            status = "approved" if approve else "denied"
+            conn.execute(
+                approvals.update()
+                .where(approvals.c.tenant_id == tenant_id, approvals.c.id == record.id)
+                .values(status=status, reason=reason, decided_by=principal_name, decided_at=now)
+            )
+            requeued = requeue_if_ready(conn, tenant_id, record.response_id)
+        decided = dataclasses.replace(
+            record, status=status, reason=reason, decided_by=principal_name, decided_at=now
+        )
+        return decided, requeued
