@@ -5,6 +5,7 @@ What users import lives here; everything else is private to its layer.
 
 from sre.models import ChatModel, ModelRegistry, ModelRequest
 from sre.runtime import Runtime, Settings, SyncRuntime
+from sre.tools import ToolError, ToolRegistry, tool
 from sre.types import (
     Caller,
     ConfigError,
@@ -36,6 +37,9 @@ __all__ = [
     "SREError",
     "Settings",
     "SyncRuntime",
+    "ToolError",
+    "ToolRegistry",
     "Unauthenticated",
     "__version__",
+    "tool",
 ]

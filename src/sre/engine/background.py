@@ -43,8 +43,37 @@ CANCEL_WAIT = 5.0  # how long a cancel request waits for the worker to stop a ru
 PAYLOAD_VERSION = 2
 
 
+def _machine() -> str:
+    """This host and process namespace: worker ids that share it name processes this one can see."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        namespace = "-"
+    return f"{socket.gethostname()[:40]}/{namespace}"
+
+
+MACHINE = _machine()
+REAP_INTERVAL = 1.0  # seconds between looks for runs held by dead processes on this machine
+
+
 def _worker_id(index: int | str) -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{index}:{uuid.uuid4().hex[:8]}"
+    return f"{MACHINE}:{os.getpid()}:{index}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether `owner` was a process on this machine that no longer exists (its lease can go now,
+    without waiting for it to expire: a restarted `sre serve` resumes its runs at once)."""
+    machine, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if machine != MACHINE or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists but is not ours to signal
+        return False
+    return False
 
 
 class BackgroundRuns:
@@ -463,8 +492,8 @@ class WorkerPool:
         self.runs = runs
         self.count = count
         pg = runs.store.dialect == "postgresql"
-        # PostgreSQL wakes workers with NOTIFY, so its polling is only the fallback.
-        self.poll_interval = poll_interval if poll_interval is not None else (1.0 if pg else 0.2)
+        # PostgreSQL wakes workers with NOTIFY for new runs; polling finds expired leases.
+        self.poll_interval = poll_interval if poll_interval is not None else (0.3 if pg else 0.2)
         self._tasks: list[asyncio.Task[None]] = []
         self.worker_ids = [_worker_id(i) for i in range(count)]
 
@@ -472,11 +501,26 @@ class WorkerPool:
         for worker_id in self.worker_ids:
             self._tasks.append(asyncio.create_task(self._work(worker_id)))
 
+    async def _reap(self) -> None:
+        """Let go of the leases of dead processes on this machine."""
+        owners = await asyncio.to_thread(self.runs.store.runs.lease_owners, MACHINE + ":")
+        for owner in owners:
+            if _dead_here(owner):
+                log.info("worker %s is gone; its runs are claimable now", owner)
+                await asyncio.to_thread(self.runs.store.runs.expire_owner, owner)
+
     async def _work(self, worker_id: str) -> None:
         store = self.runs.store
         listener = store.runs.listener()
+        reaped = 0.0
         try:
             while True:
+                if worker_id == self.worker_ids[0] and time.monotonic() - reaped > REAP_INTERVAL:
+                    reaped = time.monotonic()
+                    try:
+                        await self._reap()
+                    except Exception as exc:
+                        log.warning("could not look for dead workers: %s", exc)
                 try:
                     claimed = await asyncio.to_thread(
                         store.runs.claim_runnable_run, worker_id, self.runs.lease_seconds

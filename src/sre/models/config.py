@@ -47,6 +47,8 @@ _KNOWN_KEYS = {
     "connect_timeout",
     "read_timeout",
     "replies",
+    "call_tool",
+    "tool_arguments",
     "path",
     "threads",
     "retries",

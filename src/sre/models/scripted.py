@@ -24,7 +24,7 @@ from sre.models.base import (
     Usage,
 )
 from sre.types.ids import new_id
-from sre.types.items import estimate_tokens
+from sre.types.items import FunctionCallOutput, Message, estimate_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +117,41 @@ class FunctionModel(ChatModel):
             yield event
 
 
-def scripted_from_info(info: ModelInfo) -> ScriptedModel:
+def tool_loop(tool: str, arguments: dict[str, Any], answer: str) -> ReplyFunction:
+    """A model that calls `tool` once per user message (string arguments equal to "{input}" become
+    the message's text) and answers `answer` once the tool's output is in."""
+
+    def reply(request: ModelRequest) -> Reply:
+        last = request.items[-1] if request.items else None
+        if isinstance(last, FunctionCallOutput):
+            return answer
+        text = last.text() if isinstance(last, Message) else ""
+        filled = {k: text if v == "{input}" else v for k, v in arguments.items()}
+        return ScriptedToolCall(tool, filled)
+
+    return reply
+
+
+def scripted_from_info(info: ModelInfo) -> ChatModel:
+    """The `scripted` provider of a configuration: `replies` in turn, or with `call_tool`, a tool loop
+    (`call_tool = "NAME"`, `tool_arguments = {...}`, the first reply as the answer)."""
     replies = info.options.get("replies") or ["ok"]
-    model = ScriptedModel(
-        [str(r) for r in replies], name=info.name, context_window=info.context_window, record=False
-    )
+    tool = info.options.get("call_tool")
+    model: ChatModel
+    if tool:
+        arguments = info.options.get("tool_arguments") or {}
+        model = FunctionModel(tool_loop(str(tool), dict(arguments), str(replies[0])), name=info.name)
+        model.requests = _Discard()
+    else:
+        model = ScriptedModel(
+            [str(r) for r in replies], name=info.name, context_window=info.context_window, record=False
+        )
     model.info = info
     return model
+
+
+class _Discard(list[ModelRequest]):
+    """A request log that keeps nothing (a configured model serves for hours)."""
+
+    def append(self, item: ModelRequest) -> None:
+        return None

@@ -18,7 +18,7 @@ from sre.types.errors import ConfigError
 
 DEFAULT_DATA_DIR = ".sre"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-DEFAULT_LEASE_SECONDS = 10.0
+DEFAULT_LEASE_SECONDS = 1.5  # renewed every half second; a dead worker's run resumes within it
 LOCAL_TENANT = "default"
 LOCAL_PRINCIPAL = "local"
 

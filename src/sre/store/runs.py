@@ -572,6 +572,25 @@ class RunRepository:
             )
             return [json.loads(r.data) for r in rows]
 
+    def lease_owners(self, prefix: str) -> list[str]:
+        """The owners (all tenants) holding runs whose ids start with `prefix` (one machine's)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(runs.c.lease_owner)
+                .where(runs.c.status == "in_progress", runs.c.lease_owner.startswith(prefix, autoescape=True))
+                .distinct()
+            )
+            return [r.lease_owner for r in rows]
+
+    def expire_owner(self, owner: str) -> int:
+        """End the leases `owner` holds now (it is known to be dead): its runs are claimable at once."""
+        with self.db.write() as conn:
+            return conn.execute(
+                runs.update()
+                .where(runs.c.status == "in_progress", runs.c.lease_owner == owner)
+                .values(lease_expires_at=0)
+            ).rowcount
+
     def last_sequence(self, tenant_id: str, response_id: str) -> int:
         with self.db.read() as conn:
             return _last_sequence(conn, tenant_id, response_id)
