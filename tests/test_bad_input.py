@@ -107,6 +107,7 @@ async def world(store_url: str) -> AsyncIterator[World]:
     await _ok(client, "DELETE", "/v1/agents/gone", a)
     w.ids.update(agent_a="helper", agent_deleted="gone")
     w.ids.update({f"unknown_{k}": v for k, v in UNKNOWN.items()})
+    w.ids["unknown_apr"] = "apr_" + "0" * 32
     try:
         yield w
     finally:
@@ -184,6 +185,10 @@ def _cases() -> list[Case]:
         ("POST", "/v1/agents/{agent_a}", {"instructions": "x"}),
         ("DELETE", "/v1/agents/{agent_a}", _UNSET),
         ("GET", "/v1/agents/{agent_a}/versions", _UNSET),
+        ("GET", "/v1/approvals", _UNSET),
+        ("GET", "/v1/approvals/{unknown_apr}", _UNSET),
+        ("POST", "/v1/approvals/{unknown_apr}/approve", _UNSET),
+        ("POST", "/v1/approvals/{unknown_apr}/deny", {"reason": "no"}),
     ]
     auth = {
         "none": "missing_api_key",
@@ -583,6 +588,19 @@ def _cases() -> list[Case]:
         ("approval.tools_requiring_approval[1]", {"tools_requiring_approval": ["lookup", "bad name"]}),
         ("approval.tools_requiring_approval[0]", {"tools_requiring_approval": [5]}),
         ("approval.when", {"when": "always"}),
+        ("approval.rules", {"rules": "amount>100"}),
+        ("approval.rules[0].tool", {"rules": [{"op": "exists"}]}),
+        ("approval.rules[0].op", {"rules": [{"tool": "lookup", "op": "like"}]}),
+        ("approval.rules[0].value", {"rules": [{"tool": "lookup", "op": "eq", "value": {"a": 1}}]}),
+        ("approval.rules[0].argument", {"rules": [{"tool": "lookup", "argument": ""}]}),
+        ("approval.approvers", {"approvers": "alice"}),
+        ("approval.approvers[0]", {"approvers": [""]}),
+        ("tools[0].name", [{"type": "server"}]),
+        ("tools[0].name", [{"type": "server", "name": "no_such_tool"}]),
+        ("tools[0].server_label", [{"type": "mcp", "server_label": "no_such_server"}]),
+        ("tools[0].server_label", [{"type": "mcp"}]),
+        ("tools[0].allowed_tools", [{"type": "mcp", "server_label": "x", "allowed_tools": "add"}]),
+        ("tools[0].url", [{"type": "mcp", "server_label": "x", "url": "http://evil"}]),
         ("concurrency", "sometimes"),
         ("concurrency", 5),
         ("concurrency", None),
@@ -680,6 +698,31 @@ def _cases() -> list[Case]:
                  json={"input": "hi", "model": model, "stream": True}))
     add(Case("resp-agent-input-tokens-unknown", "POST", "/v1/responses/input_tokens", 400, "model",
              "model_not_found", json={"input": "hi", "model": "agent:nobody"}))
+
+    # -- /v1/approvals --
+    ap = "/v1/approvals"
+    for name, params, param in (
+        ("status-unknown", {"status": "maybe"}, "status"),
+        ("limit-0", {"limit": "0"}, "limit"),
+        ("limit-101", {"limit": "101"}, "limit"),
+        ("response-id-long", {"response_id": "r" * 65}, "response_id"),
+        ("after-long", {"after": "a" * 65}, "after"),
+    ):
+        add(Case(f"approvals-list-{name}", "GET", ap, 400, param, params=params))
+    add(Case("approvals-list-after-unknown", "GET", ap, 404, "after", params={"after": "apr_nope"}))
+    for name, approval in (("unknown", "{unknown_apr}"), ("nul", "apr%00"), ("long", "a" * 300)):
+        add(Case(f"approval-get-{name}", "GET", f"{ap}/{approval}", 404, "approval_id", "not_found"))
+        for verb in ("approve", "deny"):
+            add(Case(f"approval-{verb}-{name}", "POST", f"{ap}/{approval}/{verb}", 404, "approval_id",
+                     "not_found"))
+    for verb in ("approve", "deny"):
+        path = f"{ap}/{{unknown_apr}}/{verb}"
+        add(Case(f"approval-{verb}-unknown-field", "POST", path, 400, "color", "unknown_parameter",
+                 json={"color": "red"}))
+        add(Case(f"approval-{verb}-reason-type", "POST", path, 400, "reason", json={"reason": 5}))
+        add(Case(f"approval-{verb}-reason-long", "POST", path, 400, "reason", json={"reason": "r" * 4097}))
+        add(Case(f"approval-{verb}-json-malformed", "POST", path, 400, content=b'{"reason": '))
+        add(Case(f"approval-{verb}-json-array", "POST", path, 400, json=["yes"]))
 
     # -- bodies over the limit: 413, with a length or streamed without one --
     big = {"input": "x" * (MAX_BODY + 1)}

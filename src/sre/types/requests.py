@@ -153,7 +153,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-", "constrained-", "literal[")) or part in (
+        elif part.startswith(("function-", "constrained-", "literal[", "list[", "union[")) or part in (
             "str",
             "int",
             "float",
@@ -164,6 +164,8 @@ def _loc(loc: tuple[int | str, ...]) -> str:
             "list[any]",
             "dict[str,any]",
             "function",
+            "server",
+            "mcp",
         ):
             continue  # a union branch's name, not a field
         else:
