@@ -30,7 +30,7 @@ from sre.store.conversations import (
 from sre.store.database import Database
 from sre.store.model_calls import insert_model_call
 from sre.store.runs import finish_run
-from sre.store.schema import items, model_calls, responses, run_events, runs
+from sre.store.schema import approvals, items, model_calls, responses, run_events, run_steps, runs
 from sre.types.errors import InvalidRequest, NotFound
 from sre.types.records import (
     Conversation,
@@ -254,8 +254,8 @@ class ResponseRepository:
         return Page(data=rows[:limit], has_more=len(rows) > limit)
 
     def delete(self, tenant_id: str, response_id: str) -> None:
-        """Delete the response and, for a background one, its run and events (a worker still
-        running it can then no longer commit it)."""
+        """Delete the response and, for a durable one, its run, events, journal and approvals (a
+        worker still running it can then no longer commit it)."""
         with self.db.write() as conn:
             deleted = conn.execute(
                 responses.delete().where(
@@ -265,11 +265,12 @@ class ResponseRepository:
             deleted += conn.execute(
                 runs.delete().where(runs.c.tenant_id == tenant_id, id_equals(runs.c.response_id, response_id))
             ).rowcount
-            conn.execute(
-                run_events.delete().where(
-                    run_events.c.tenant_id == tenant_id, id_equals(run_events.c.response_id, response_id)
+            for table in (run_events, run_steps, approvals):
+                conn.execute(
+                    table.delete().where(
+                        table.c.tenant_id == tenant_id, id_equals(table.c.response_id, response_id)
+                    )
                 )
-            )
         if not deleted:
             raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
 
