@@ -38,7 +38,7 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
 def test_help_lists_the_commands() -> None:
     done = sre("--help")
     assert done.returncode == 0
-    for command in ("serve", "chat", "keys", "conversations", "agents", "db"):
+    for command in ("serve", "chat", "keys", "conversations", "agents", "approvals", "db"):
         assert command in done.stdout
 
 
@@ -188,3 +188,56 @@ def test_chat_holds_and_resumes_a_conversation(tmp_path: Path, upstream: ChatUps
         assert "404" in one_line_error(missing)
     finally:
         server.stop()
+
+
+def test_approvals_list_approve_deny(tmp_path: Path) -> None:
+    import asyncio
+
+    from sre import Runtime, ToolRegistry
+    from sre.testing import FunctionModel, ScriptedToolCall
+
+    data = str(tmp_path / "data")
+    registry = ToolRegistry()
+
+    @registry.tool
+    def note(note: str) -> str:
+        return f"noted {note}"
+
+    def model(request: object) -> object:
+        return ScriptedToolCall("note", {"note": "x"})
+
+    async def seed() -> list[str]:
+        runtime = Runtime.open(
+            data_dir=data, models=[FunctionModel(model, name="small")], env={}, tools=registry
+        )
+        try:
+            caller = runtime.local_caller()
+            tools = [{"type": "server", "name": "note"}]
+            await runtime.create_agent(
+                caller, {"name": "noter", "tools": tools, "approval": {"tools_requiring_approval": ["note"]}}
+            )
+            ids = []
+            for _ in range(2):
+                paused = await runtime.create_response(caller, {"model": "agent:noter", "input": "go"})
+                assert paused["status"] == "requires_action"
+                ids.extend(paused["required_action"]["approval_ids"])
+            return ids
+        finally:
+            await runtime.aclose()
+
+    first, second = asyncio.run(seed())
+    listed = sre("approvals", "list", "--data-dir", data)
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout and "note" in listed.stdout
+    approved = sre("approvals", "approve", first, "--reason", "fine", "--data-dir", data)
+    assert approved.returncode == 0 and "Approved" in approved.stderr, approved.stderr
+    denied = sre("approvals", "deny", second, "--data-dir", data)
+    assert denied.returncode == 0 and "Denied" in denied.stderr, denied.stderr
+    assert "already approved" in one_line_error(sre("approvals", "deny", first, "--data-dir", data))
+    assert "not found" in one_line_error(sre("approvals", "approve", "apr_nope", "--data-dir", data))
+    assert "may not decide" in one_line_error(
+        sre("approvals", "approve", first, "--as", "eve", "--data-dir", data)
+    )
+    rest = sre("approvals", "list", "--status", "all", "--data-dir", data)
+    assert "approved" in rest.stdout and "denied" in rest.stdout
+    assert "status" in one_line_error(sre("approvals", "list", "--status", "maybe", "--data-dir", data))

@@ -31,9 +31,13 @@ conversations_app = typer.Typer(
     help="Work with stored conversations.", no_args_is_help=True, rich_markup_mode=None
 )
 agents_app = typer.Typer(help="List, show and delete agents.", no_args_is_help=True, rich_markup_mode=None)
+approvals_app = typer.Typer(
+    help="List and decide the approvals paused runs wait for.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(conversations_app, name="conversations")
 app.add_typer(agents_app, name="agents")
+app.add_typer(approvals_app, name="approvals")
 app.add_typer(db_app, name="db")
 
 DataDir = Annotated[
@@ -347,6 +351,90 @@ def agents_delete(
     finally:
         runtime.store.close()
     _say(f"Deleted agent {name}.")
+
+
+@approvals_app.command("list")
+def approvals_list(
+    status: Annotated[
+        str, typer.Option("--status", help="pending, approved, denied, cancelled, or all.")
+    ] = "pending",
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List approvals, oldest first (by default the pending ones)."""
+    runtime = _open(data_dir, database_url, None)
+    rows: list[dict[str, object]] = []
+    try:
+        caller, after = _caller(runtime, tenant), None
+        while True:
+            wanted = None if status == "all" else status
+            page = asyncio.run(runtime.list_approvals(caller, status=wanted, after=after, limit=100))
+            rows.extend(page["data"])
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+    finally:
+        runtime.store.close()
+    print(f"{'ID':<38} {'STATUS':<9} {'KIND':<16} {'TOOL':<24} {'RESPONSE':<38} ARGUMENTS")
+    for a in rows:
+        print(
+            f"{a['id']!s:<38} {a['status']!s:<9} {a['kind']!s:<16} {a['tool']!s:<24} "
+            f"{a['response_id']!s:<38} {str(a['arguments'])[:60]}"
+        )
+
+
+def _decide(approval_id: str, approve: bool, reason: str | None, who: str | None, tenant: str | None,
+            data_dir: Path | None, database_url: str | None) -> None:  # fmt: skip
+    from sre.types.records import Caller
+
+    runtime = _open(data_dir, database_url, None)
+    try:
+        caller = _caller(runtime, tenant)
+        if who is not None:
+            principal = runtime.store.keys.ensure_principal(caller.tenant_id, who)
+            caller = Caller(tenant_id=caller.tenant_id, principal_id=principal.id)
+        decided = asyncio.run(
+            runtime.decide_approval(caller, approval_id, approve=approve, reason=reason, resume_here=False)
+        )
+    finally:
+        runtime.store.close()
+    _say(
+        f"{decided['status'].capitalize()} {approval_id}; a worker resumes response {decided['response_id']}."
+    )
+
+
+Reason = Annotated[str | None, typer.Option("--reason", help="Why; given to the model with a denial.")]
+As = Annotated[
+    str | None,
+    typer.Option("--as", help="Decide as this principal of the tenant [default: the local user, or `cli`]."),
+]
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    approval_id: Annotated[str, typer.Argument(help="The approval (apr_…).")],
+    reason: Reason = None,
+    who: As = None,
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Approve a pending tool call (or, for an unknown outcome, running it again)."""
+    _decide(approval_id, True, reason, who, tenant, data_dir, database_url)
+
+
+@approvals_app.command("deny")
+def approvals_deny(
+    approval_id: Annotated[str, typer.Argument(help="The approval (apr_…).")],
+    reason: Reason = None,
+    who: As = None,
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Deny a pending tool call; the model is told it did not run."""
+    _decide(approval_id, False, reason, who, tenant, data_dir, database_url)
 
 
 @db_app.command("upgrade")

@@ -68,10 +68,17 @@ class ApprovalsAPI(RuntimeParts):
         return approval_object(record)
 
     async def decide_approval(
-        self, caller: Caller, approval_id: str, *, approve: bool, reason: str | None = None
+        self,
+        caller: Caller,
+        approval_id: str,
+        *,
+        approve: bool,
+        reason: str | None = None,
+        resume_here: bool = True,
     ) -> dict[str, Any]:
         """Approve or deny a pending approval as the caller; the run resumes once nothing else is
-        pending (a worker picks it up; with no workers in this process, it runs here)."""
+        pending (a worker picks it up; with no workers in this process and `resume_here`, it runs
+        here, in the background)."""
         if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
             raise InvalidRequest(
                 f"Invalid value for 'reason': expected a string of at most {MAX_REASON} characters.",
@@ -90,7 +97,7 @@ class ApprovalsAPI(RuntimeParts):
                 reason=reason,
             )
         )
-        if requeued and self.workers is None:
+        if requeued and resume_here and self.workers is None:
             run_caller = Caller(tenant_id=caller.tenant_id, principal_id=record.principal_id)
             self.background.spawn_drain(run_caller, record.response_id)
         return approval_object(record)
