@@ -389,20 +389,17 @@ class BackgroundRuns:
                 "send them together.",
                 param="input",
             )
-        for approval_id, approve, reason in decisions:
-            await asyncio.to_thread(
-                partial(
-                    self.store.approvals.decide,
-                    run.tenant_id,
-                    approval_id,
-                    principal_id=caller.principal_id,
-                    principal_name=principal_name,
-                    approve=approve,
-                    reason=reason,
-                )
+        await asyncio.to_thread(
+            partial(
+                self.store.approvals.answer,
+                run.tenant_id,
+                run.response_id,
+                outputs=outputs,
+                decisions=decisions,
+                principal_id=caller.principal_id,
+                principal_name=principal_name,
             )
-        if outputs:
-            await asyncio.to_thread(self.store.runs.submit_outputs, run.tenant_id, run.response_id, outputs)
+        )
 
     # -- the worker side ------------------------------------------------------------------------
 

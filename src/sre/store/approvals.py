@@ -10,16 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from sre.store.conversations import id_equals
 from sre.store.database import Database
-from sre.store.runs import requeue_if_ready
-from sre.store.schema import approvals
+from sre.store.runs import put_steps, requeue_if_ready
+from sre.store.schema import approvals, runs
 from sre.types.errors import Conflict, NotFound, PermissionDenied
-from sre.types.records import ApprovalRecord, Page
+from sre.types.records import ApprovalRecord, Page, StepRecord
 
 
 def approval_from_row(row: sa.Row[Any]) -> ApprovalRecord:
@@ -114,6 +115,74 @@ class ApprovalRepository:
             rows = conn.execute(query.order_by(approvals.c.created_at, approvals.c.id).limit(limit + 1)).all()
         return Page(data=[approval_from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
+    def answer(
+        self,
+        tenant_id: str,
+        response_id: str,
+        *,
+        outputs: Sequence[StepRecord],
+        decisions: Sequence[tuple[str, bool, str | None]],
+        principal_id: str,
+        principal_name: str,
+    ) -> bool:
+        """A client's answers to a paused run in one transaction: tool outputs (journal rows) and
+        decisions `(approval id, approve, reason)`, all or nothing; return whether the run is queued
+        again."""
+        with self.db.write() as conn:
+            row = conn.execute(
+                sa.select(runs.c.status)
+                .where(runs.c.tenant_id == tenant_id, runs.c.response_id == response_id)
+                .with_for_update()
+            ).first()
+            if row is None or row.status != "requires_action":
+                raise Conflict(
+                    f"Response '{response_id}' is not waiting for answers.", code="response_not_paused"
+                )
+            for approval_id, approve, reason in decisions:
+                self._decide(conn, tenant_id, approval_id, principal_id, principal_name, approve, reason)
+            put_steps(conn, tenant_id, response_id, outputs)
+            return requeue_if_ready(conn, tenant_id, response_id)
+
+    def _decide(
+        self,
+        conn: sa.Connection,
+        tenant_id: str,
+        approval_id: str,
+        principal_id: str,
+        principal_name: str,
+        approve: bool,
+        reason: str | None,
+    ) -> ApprovalRecord:
+        row = conn.execute(
+            sa.select(approvals)
+            .where(approvals.c.tenant_id == tenant_id, id_equals(approvals.c.id, approval_id))
+            .with_for_update()
+        ).first()
+        if row is None:
+            raise NotFound(f"Approval with id '{approval_id}' not found.", param="approval_id")
+        record = approval_from_row(row)
+        if not may_decide(record, principal_id, principal_name):
+            raise PermissionDenied(
+                f"Principal '{principal_name}' may not decide approval '{approval_id}'.",
+                code="not_an_approver",
+            )
+        if record.status != "pending":
+            raise Conflict(
+                f"Approval '{approval_id}' is already {record.status}"
+                + (f" by '{record.decided_by}'." if record.decided_by else "."),
+                code="approval_already_decided",
+            )
+        now = int(time.time())
+        status = "approved" if approve else "denied"
+        conn.execute(
+            approvals.update()
+            .where(approvals.c.tenant_id == tenant_id, approvals.c.id == record.id)
+            .values(status=status, reason=reason, decided_by=principal_name, decided_at=now)
+        )
+        return dataclasses.replace(
+            record, status=status, reason=reason, decided_by=principal_name, decided_at=now
+        )
+
     def decide(
         self,
         tenant_id: str,
@@ -126,34 +195,8 @@ class ApprovalRepository:
     ) -> tuple[ApprovalRecord, bool]:
         """Approve or deny; return the decided approval and whether its run went back to the queue."""
         with self.db.write() as conn:
-            row = conn.execute(
-                sa.select(approvals)
-                .where(approvals.c.tenant_id == tenant_id, id_equals(approvals.c.id, approval_id))
-                .with_for_update()
-            ).first()
-            if row is None:
-                raise NotFound(f"Approval with id '{approval_id}' not found.", param="approval_id")
-            record = approval_from_row(row)
-            if not may_decide(record, principal_id, principal_name):
-                raise PermissionDenied(
-                    f"Principal '{principal_name}' may not decide approval '{approval_id}'.",
-                    code="not_an_approver",
-                )
-            if record.status != "pending":
-                raise Conflict(
-                    f"Approval '{approval_id}' is already {record.status}"
-                    + (f" by '{record.decided_by}'." if record.decided_by else "."),
-                    code="approval_already_decided",
-                )
-            now = int(time.time())
-            status = "approved" if approve else "denied"
-            conn.execute(
-                approvals.update()
-                .where(approvals.c.tenant_id == tenant_id, approvals.c.id == record.id)
-                .values(status=status, reason=reason, decided_by=principal_name, decided_at=now)
+            decided = self._decide(
+                conn, tenant_id, approval_id, principal_id, principal_name, approve, reason
             )
-            requeued = requeue_if_ready(conn, tenant_id, record.response_id)
-        decided = dataclasses.replace(
-            record, status=status, reason=reason, decided_by=principal_name, decided_at=now
-        )
+            requeued = requeue_if_ready(conn, tenant_id, decided.response_id)
         return decided, requeued

@@ -508,19 +508,6 @@ class RunRepository:
             conn.execute(runs.update().where(_this(lease.tenant_id, lease.response_id)).values(**values))
             return not requeue_if_ready(conn, lease.tenant_id, lease.response_id)
 
-    def submit_outputs(self, tenant_id: str, response_id: str, steps: Sequence[StepRecord]) -> bool:
-        """A client's outputs for a paused run's function calls; return whether the run is queued again."""
-        with self.db.write() as conn:
-            row = conn.execute(
-                sa.select(runs.c.status).where(_this(tenant_id, response_id)).with_for_update()
-            ).first()
-            if row is None or row.status != "requires_action":
-                raise Conflict(
-                    f"Response '{response_id}' is not waiting for tool outputs.", code="response_not_paused"
-                )
-            put_steps(conn, tenant_id, response_id, steps)
-            return requeue_if_ready(conn, tenant_id, response_id)
-
     def release(self, lease: Lease) -> None:
         """Give a run back before its lease expires (a worker shutting down): claimable at once."""
         with self.db.write() as conn:
