@@ -409,3 +409,120 @@ def test_concurrent_creates_of_one_name_make_one_agent(store: Store) -> None:
         th.join()
     assert sorted(outcomes) == ["conflict"] * 3 + ["created"]
     assert [v.version for v in store.agents.versions(t, "race").data] == [1]
+
+
+# -- durable runs: queue, leases, journal, approvals --------------------------------------------------
+
+
+def _enqueue(
+    store: Store, tenant_id: str, conv: str | None, policy: str = "enqueue", owner: str | None = None
+):  # type: ignore[no-untyped-def]
+    response_id = f"resp_{uuid.uuid4().hex}"
+    payload = {"request": {}, "response": {"id": response_id, "status": "queued"}}
+    first = {"type": "response.queued", "sequence_number": 0}
+    lease = store.runs.enqueue(
+        tenant_id, response_id, "p", payload, first, conversation_id=conv, policy=policy, owner=owner
+    )
+    return response_id, lease
+
+
+def _claim_mine(store: Store, tenant_id: str, response_id: str):  # type: ignore[no-untyped-def]
+    return store.runs.claim_runnable_run("w", 30, only=(tenant_id, response_id))
+
+
+def test_runs_on_one_conversation_wait_their_turn(store: Store) -> None:
+    from sre.types.records import StepRecord
+
+    tenant_id = tenant(store)
+    conv = store.conversations.create(tenant_id)[0].id
+    first, lease = _enqueue(store, tenant_id, conv, owner="me")
+    assert lease is not None and lease.attempt == 1  # nothing ahead: claimed for its owner at once
+    second, waiting = _enqueue(store, tenant_id, conv, owner="me")
+    assert waiting is None and _claim_mine(store, tenant_id, second) is None  # behind the first
+    with pytest.raises(Conflict) as busy:
+        _enqueue(store, tenant_id, conv, policy="reject")
+    assert busy.value.code == "conversation_busy"
+    # A paused run is still active; once it ends, the next one may start.
+    assert store.runs.pause(lease, [StepRecord(1, "call_1", "client", "pending", {})], [], [])
+    assert _claim_mine(store, tenant_id, second) is None
+    store.runs.cancel(tenant_id, first)
+    claimed = _claim_mine(store, tenant_id, second)
+    assert claimed is not None and claimed[0].response_id == second
+    assert store.runs.get(tenant_id, first).status == "cancelled"  # type: ignore[union-attr]
+
+
+def test_interrupt_cancels_waiting_runs_and_flags_running_ones(store: Store) -> None:
+    tenant_id = tenant(store)
+    conv = store.conversations.create(tenant_id)[0].id
+    _, lease = _enqueue(store, tenant_id, conv, owner="me")
+    queued, _ = _enqueue(store, tenant_id, conv)
+    newest, got = _enqueue(store, tenant_id, conv, policy="interrupt", owner="me")
+    assert got is None  # the running one must stop first
+    assert store.runs.get(tenant_id, queued).status == "cancelled"  # type: ignore[union-attr]
+    assert lease is not None and store.runs.heartbeat(lease, 30) is True  # told to cancel
+    store.runs.finish(lease, "cancelled", [])
+    assert _claim_mine(store, tenant_id, newest) is not None
+
+
+def test_a_lost_lease_can_never_write_again(store: Store) -> None:
+    from sre.store import LeaseLost
+    from sre.types.records import StepRecord
+
+    tenant_id = tenant(store)
+    response_id, lease = _enqueue(store, tenant_id, None, owner="dead")
+    assert lease is not None
+    assert store.runs.expire_owner("dead") == 1
+    claimed = _claim_mine(store, tenant_id, response_id)
+    assert claimed is not None and claimed[1].attempt == 2
+    row = StepRecord(0, "", "model", "completed", {"items": []})
+    with pytest.raises(LeaseLost):
+        store.runs.commit_step(lease, [row], [], 30)
+    assert store.runs.steps(tenant_id, response_id) == []
+    store.runs.commit_step(claimed[1], [row], [{"type": "x", "sequence_number": 1}], 30, cursor=1)
+    assert [s.step for s in store.runs.steps(tenant_id, response_id)] == [0]
+
+
+def test_answers_to_a_paused_run_are_all_or_nothing(store: Store) -> None:
+    import time
+
+    from sre.store import approval_row
+    from sre.types.errors import PermissionDenied
+    from sre.types.records import ApprovalRecord, StepRecord
+
+    tenant_id = tenant(store)
+    response_id, lease = _enqueue(store, tenant_id, None, owner="me")
+    assert lease is not None
+
+    def ask(approval_id: str, approvers: list[str]) -> dict[str, Any]:
+        return approval_row(ApprovalRecord(
+            tenant_id=tenant_id, id=approval_id, response_id=response_id, principal_id="p", step=1,
+            call_id=approval_id, kind="approval", tool="pay", arguments="{}", approvers=approvers,
+            status="pending", reason=None, decided_by=None, created_at=int(time.time()), decided_at=None,
+        ))  # fmt: skip
+
+    waiting = StepRecord(1, "call_c", "client", "pending", {})
+    assert store.runs.pause(lease, [waiting], [], [ask("apr_a", []), ask("apr_b", ["boss"])])
+    output = StepRecord(1, "call_c", "client", "completed", {"output": {"type": "function_call_output"}})
+    with pytest.raises(PermissionDenied):  # the second decision is not the principal's to make
+        store.approvals.answer(
+            tenant_id, response_id, outputs=[output], decisions=[("apr_a", True, None), ("apr_b", True, None)],
+            principal_id="p", principal_name="alice",
+        )  # fmt: skip
+    assert store.approvals.get(tenant_id, "apr_a").status == "pending"  # nothing was written
+    assert [s.status for s in store.runs.steps(tenant_id, response_id)] == ["pending"]
+    assert not store.approvals.answer(
+        tenant_id, response_id, outputs=[output], decisions=[("apr_a", True, None)],
+        principal_id="p", principal_name="alice",
+    )  # fmt: skip
+    assert store.runs.get(tenant_id, response_id).status == "requires_action"  # type: ignore[union-attr]
+    decided, requeued = store.approvals.decide(
+        tenant_id, "apr_b", principal_id="x", principal_name="boss", approve=False, reason="no"
+    )
+    assert requeued and decided.status == "denied" and decided.decided_by == "boss"
+    assert store.runs.get(tenant_id, response_id).status == "queued"  # type: ignore[union-attr]
+    with pytest.raises(Conflict):
+        store.approvals.decide(
+            tenant_id, "apr_b", principal_id="x", principal_name="boss", approve=True, reason=None
+        )
+    assert [a.id for a in store.approvals.list(tenant_id, status="denied").data] == ["apr_b"]
+    assert store.approvals.list(tenant(store)).data == []  # another tenant sees none
