@@ -237,6 +237,12 @@ class BackgroundRuns:
             finals = [e for e in events if e["type"] in FINAL_TYPES]
             if finals:
                 return dict(finals[-1]["response"])
+        if run.status in TERMINAL:
+            # A foreground run drops its events in the commit that writes its response: it ended
+            # after the caller looked for that response, so read it now.
+            with contextlib.suppress(NotFound):
+                record = self.store.responses.get(run.tenant_id, run.response_id)
+                return stored_response_object(record, self.store.responses.output_items(record))
         return {**run.request["response"], "status": run.status}
 
     def response_object(self, tenant_id: str, response_id: str) -> dict[str, Any] | None:

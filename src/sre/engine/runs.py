@@ -22,9 +22,9 @@ from typing import Any
 
 from sre.engine.assembler import Assembler
 from sre.engine.shapes import usage_object
-from sre.engine.turn import FINAL_EVENT, PreparedTurn
+from sre.engine.turn import FINAL_EVENT, PreparedTurn, count_usage
 from sre.models.base import ModelRequest
-from sre.store import LeaseLost, Store, TurnCommit, approval_row
+from sre.store import LeaseLost, Store, approval_row
 from sre.tools.base import ToolError
 from sre.tools.policy import needs_approval
 from sre.types.errors import ModelError, SREError
@@ -264,7 +264,7 @@ class RunEngine:
         status = "incomplete" if finish in ("length", "content_filter") else "completed"
         for event in assembler.close("completed"):
             cp.emit(event)
-        counted = self._usage(turn, request, assembler)
+        counted = count_usage(turn.model, request, assembler)
         input_tokens, cached_tokens, output_tokens, exact = counted
         pricing = turn.model.info.pricing
         items = [i.model_dump(mode="json", exclude_none=True) for i in assembler.items()]
@@ -296,19 +296,7 @@ class RunEngine:
             tokens_exact=exact,
             cost_usd=None if pricing is None else pricing.cost(input_tokens, output_tokens, cached_tokens),
             latency_ms=latency_ms,
-            manifest={
-                "step": number,
-                "window": {
-                    "first_item_id": turn.window.items[0].id if turn.window.items else None,
-                    "last_item_id": turn.window.items[-1].id if turn.window.items else None,
-                    "items": len(turn.window.items),
-                    "tokens": turn.window.tokens,
-                    "older_items_dropped": turn.window.truncated,
-                },
-                "input_items": len(turn.input_items),
-                "run_items": len(transcript),
-                "instructions_chars": len(turn.request.instructions or ""),
-            },
+            manifest={**turn.manifest(), "step": number, "run_items": len(transcript)},
             error=None,
             created_at=int(time.time()),
         )
@@ -323,17 +311,6 @@ class RunEngine:
         )
         journal.model[number] = row
         return True
-
-    @staticmethod
-    def _usage(turn: PreparedTurn, request: ModelRequest, assembler: Assembler) -> tuple[int, int, int, bool]:
-        usage = assembler.usage
-        if usage is not None:
-            return usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.exact
-        counted = turn.model.count_tokens(request)
-        tokenizer = turn.model.tokenizer()
-        text = assembler.output_text()
-        output = tokenizer.count(text) if tokenizer is not None else (len(text) + 3) // 4
-        return counted.tokens, 0, output, counted.exact
 
     # -- a tool step ------------------------------------------------------------------------------
 
@@ -579,23 +556,6 @@ class RunEngine:
         output = [ITEM_ADAPTER.validate_python(i) for i in transcript]
         await asyncio.to_thread(
             self.store.responses.commit_turn,
-            TurnCommit(
-                tenant_id=turn.caller.tenant_id,
-                principal_id=turn.caller.principal_id,
-                response_id=turn.response_id,
-                model=turn.model_label,
-                status=status,
-                body=body,
-                created_at=turn.created_at,
-                completed_at=now if status != "failed" else None,
-                conversation_id=turn.request.conversation_id,
-                previous=turn.previous,
-                input_items=turn.input_items,
-                output_items=output,
-                store=True,
-                keep_items=keep,
-                model_call=None,
-                run=(cp.lease, cp.take()),
-            ),
+            turn.commit(status, output, model_call=None, run=(cp.lease, cp.take())),
         )
         cp.announce(final)

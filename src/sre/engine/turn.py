@@ -36,7 +36,7 @@ from sre.types.items import (
     item_from_json,
     parse_input_items,
 )
-from sre.types.records import AgentVersion, Caller, ModelCallRecord, ResponseRecord, Window
+from sre.types.records import AgentVersion, Caller, Lease, ModelCallRecord, ResponseRecord, Window
 from sre.types.requests import CreateResponse
 
 AnyItem = Message | FunctionCall | FunctionCallOutput
@@ -80,6 +80,50 @@ class PreparedTurn:
     def model_label(self) -> str:
         return self.reported_model or self.model.name
 
+    def manifest(self) -> dict[str, Any]:
+        """What went into a model call of this turn: the window read from the store, and the rest."""
+        window = self.window
+        return {
+            "window": {
+                "first_item_id": window.items[0].id if window.items else None,
+                "last_item_id": window.items[-1].id if window.items else None,
+                "items": len(window.items),
+                "tokens": window.tokens,
+                "older_items_dropped": window.truncated,
+            },
+            "input_items": len(self.input_items),
+            "instructions_chars": len(self.request.instructions or ""),
+        }
+
+    def commit(
+        self,
+        status: str,
+        output: list[AnyItem],
+        *,
+        model_call: ModelCallRecord | None,
+        run: tuple[Lease, list[dict[str, Any]]] | None = None,
+    ) -> TurnCommit:
+        """The turn's one transaction: its items (kept unless it failed or was cancelled), response
+        and model call, and for a durable run its end."""
+        return TurnCommit(
+            tenant_id=self.caller.tenant_id,
+            principal_id=self.caller.principal_id,
+            response_id=self.response_id,
+            model=self.model_label,
+            status=status,
+            body=self.body,
+            created_at=self.created_at,
+            completed_at=self.completed_at if status != "failed" else None,
+            conversation_id=self.request.conversation_id,
+            previous=self.previous,
+            input_items=self.input_items,
+            output_items=output,
+            store=self.request.store,
+            keep_items=status not in ("failed", "cancelled"),
+            model_call=model_call,
+            run=run,
+        )
+
     def snapshot(
         self, status: str, output: list[dict[str, Any]], completed_at: int | None = None
     ) -> dict[str, Any]:
@@ -113,6 +157,19 @@ def _body(request: CreateResponse) -> dict[str, Any]:
         "truncation": request.truncation or "disabled",
         "metadata": request.metadata or {},
     }
+
+
+def count_usage(model: ChatModel, request: ModelRequest, assembler: Assembler) -> tuple[int, int, int, bool]:
+    """Input, cached and output tokens of one model call, and whether they are exact: the
+    upstream's report if it sent one, else the model's tokenizer, else an estimate."""
+    usage = assembler.usage
+    if usage is not None:
+        return usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.exact
+    counted = model.count_tokens(request)
+    tokenizer = model.tokenizer()
+    text = assembler.output_text()
+    output = tokenizer.count(text) if tokenizer is not None else (len(text) + 3) // 4
+    return counted.tokens, 0, output, counted.exact
 
 
 def _check_tool_outputs(items: list[AnyItem], window: Window) -> None:
@@ -361,25 +418,12 @@ class TurnEngine:
         if error is not None and not events and queue is not None:
             queue.put_nowait(error)
 
-    @staticmethod
-    def _usage(turn: PreparedTurn, assembler: Assembler) -> tuple[int, int, int, bool]:
-        """Input, cached and output tokens, and whether they are exact: the upstream's report if it
-        sent one, else the model's tokenizer, else an estimate."""
-        usage = assembler.usage
-        if usage is not None:
-            return usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.exact
-        counted = turn.model.count_tokens(turn.model_request)
-        tokenizer = turn.model.tokenizer()
-        text = assembler.output_text()
-        output = tokenizer.count(text) if tokenizer is not None else (len(text) + 3) // 4
-        return counted.tokens, 0, output, counted.exact
-
     def _finish_body(
         self, turn: PreparedTurn, assembler: Assembler, status: str, error: SREError | None
     ) -> dict[str, Any]:
         """Set the turn's final body (usage, error, incomplete details) and return its snapshot."""
         if turn.counted is None:
-            turn.counted = self._usage(turn, assembler)
+            turn.counted = count_usage(turn.model, turn.model_request, assembler)
             input_tokens, cached_tokens, output_tokens, _ = turn.counted
             body = dict(turn.body)
             body["usage"] = usage_object(input_tokens, output_tokens, cached_tokens)
@@ -410,8 +454,6 @@ class TurnEngine:
         input_tokens, cached_tokens, output_tokens, exact = turn.counted
         pricing = turn.model.info.pricing
         cost = None if pricing is None else pricing.cost(input_tokens, output_tokens, cached_tokens)
-        body = turn.body
-        window = turn.window
         now = turn.completed_at or int(time.time())
         call = ModelCallRecord(
             tenant_id=turn.caller.tenant_id,
@@ -427,40 +469,12 @@ class TurnEngine:
             tokens_exact=exact,
             cost_usd=cost,
             latency_ms=latency_ms,
-            manifest={
-                "window": {
-                    "first_item_id": window.items[0].id if window.items else None,
-                    "last_item_id": window.items[-1].id if window.items else None,
-                    "items": len(window.items),
-                    "tokens": window.tokens,
-                    "older_items_dropped": window.truncated,
-                },
-                "input_items": len(turn.input_items),
-                "instructions_chars": len(turn.request.instructions or ""),
-            },
+            manifest=turn.manifest(),
             error=None if error is None else error.message,
             created_at=now,
         )
-        output = assembler.items() if status not in ("failed", "cancelled") else []
-        self.store.responses.commit_turn(
-            TurnCommit(
-                tenant_id=turn.caller.tenant_id,
-                principal_id=turn.caller.principal_id,
-                response_id=turn.response_id,
-                model=turn.model_label,
-                status=status,
-                body=body,
-                created_at=turn.created_at,
-                completed_at=now if status != "failed" else None,
-                conversation_id=turn.request.conversation_id,
-                previous=turn.previous,
-                input_items=turn.input_items,
-                output_items=output,
-                store=turn.request.store,
-                keep_items=status not in ("failed", "cancelled"),
-                model_call=call,
-            )
-        )
+        output: list[AnyItem] = list(assembler.items()) if status not in ("failed", "cancelled") else []
+        self.store.responses.commit_turn(turn.commit(status, output, model_call=call))
         # Output ids were assigned before streaming and the store keeps them, so the snapshot matches.
         return snapshot
 
