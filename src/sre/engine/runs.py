@@ -97,6 +97,7 @@ class Journal:
 
     model: dict[int, StepRecord] = field(default_factory=dict)
     calls: dict[tuple[int, str], StepRecord] = field(default_factory=dict)
+    last_call: ModelCallRecord | None = None  # a final model step's record, committed with the end
 
     @classmethod
     def of(cls, rows: list[StepRecord]) -> Journal:
@@ -300,6 +301,11 @@ class RunEngine:
             error=None,
             created_at=int(time.time()),
         )
+        journal.model[number] = row
+        if not any(i["type"] == "function_call" for i in items):
+            # The last step: it commits with the run's end, one transaction instead of two.
+            journal.last_call = call
+            return True
         cp.cancel = await asyncio.to_thread(
             self.store.runs.commit_step,
             cp.lease,
@@ -309,7 +315,6 @@ class RunEngine:
             model_call=call,
             cursor=number + 1,
         )
-        journal.model[number] = row
         return True
 
     # -- a tool step ------------------------------------------------------------------------------
@@ -556,6 +561,6 @@ class RunEngine:
         output = [ITEM_ADAPTER.validate_python(i) for i in transcript]
         await asyncio.to_thread(
             self.store.responses.commit_turn,
-            turn.commit(status, output, model_call=None, run=(cp.lease, cp.take())),
+            turn.commit(status, output, model_call=journal.last_call, run=(cp.lease, cp.take())),
         )
         cp.announce(final)
