@@ -516,9 +516,6 @@ class RunEngine:
             "call_ids": waiting_calls,
             "approval_ids": [a.id for a in open_asks],
         }
-        snapshot["usage"] = (
-            usage_object(*journal.usage()[:2][::-1][::-1], journal.usage()[2]) if False else None
-        )
         input_tokens, cached_tokens, output_tokens, _ = journal.usage()
         snapshot["usage"] = usage_object(input_tokens, output_tokens, cached_tokens)
         final = cp.emit({"type": PAUSED_EVENT, "response": snapshot}, announce=False)
