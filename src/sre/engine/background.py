@@ -53,7 +53,7 @@ def _machine() -> str:
 
 
 MACHINE = _machine()
-REAP_INTERVAL = 1.0  # seconds between looks for runs held by dead processes on this machine
+REAP_INTERVAL = 0.5  # seconds between looks for runs held by dead processes on this machine
 
 
 def _worker_id(index: int | str) -> str:
@@ -499,6 +499,7 @@ class WorkerPool:
         self.poll_interval = poll_interval if poll_interval is not None else (0.3 if pg else 0.2)
         self._tasks: list[asyncio.Task[None]] = []
         self.worker_ids = [_worker_id(i) for i in range(count)]
+        self._reaped = 0.0  # when a worker of this pool last looked for dead processes' runs
 
     def start(self) -> None:
         for worker_id in self.worker_ids:
@@ -515,11 +516,10 @@ class WorkerPool:
     async def _work(self, worker_id: str) -> None:
         store = self.runs.store
         listener = store.runs.listener()
-        reaped = 0.0
         try:
             while True:
-                if worker_id == self.worker_ids[0] and time.monotonic() - reaped > REAP_INTERVAL:
-                    reaped = time.monotonic()
+                if time.monotonic() - self._reaped > REAP_INTERVAL:  # any idle worker of the pool looks
+                    self._reaped = time.monotonic()
                     try:
                         await self._reap()
                     except Exception as exc:

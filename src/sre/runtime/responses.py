@@ -144,11 +144,13 @@ class ResponsesAPI(RuntimeParts):
         def read() -> dict[str, Any]:
             try:
                 record = self.store.responses.get(caller.tenant_id, response_id)
-            except NotFound:  # a background run not committed (yet, or ever: cancelled, failed)
+            except NotFound:  # a durable run not committed (yet, or ever: cancelled, failed)
                 unfinished = self.background.response_object(caller.tenant_id, response_id)
-                if unfinished is None:
-                    raise
-                return unfinished
+                if unfinished is not None:
+                    return unfinished
+                # A foreground run's row goes in the commit that writes its response: it may have
+                # ended between the two reads.
+                record = self.store.responses.get(caller.tenant_id, response_id)
             return stored_response_object(record, self.store.responses.output_items(record))
 
         return await asyncio.to_thread(read)

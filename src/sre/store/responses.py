@@ -119,7 +119,7 @@ class ResponseRepository:
         """Write a finished turn in one transaction; return the response and its stored items."""
         with self.db.write() as conn:
             if turn.run is not None:
-                finish_run(conn, turn.run[0], turn.status, turn.run[1])
+                finish_run(conn, turn.run[0], turn.status, turn.run[1], responded=True)
             if turn.model_call is not None:
                 insert_model_call(conn, turn.model_call)
             if not turn.store and turn.conversation_id is None:

@@ -158,30 +158,42 @@ def cancelled_object(run: RunRecord) -> dict[str, Any]:
     return {**run.request["response"], "status": "cancelled"}
 
 
-def finish_run(conn: sa.Connection, lease: Lease, status: str, events: Sequence[dict[str, Any]]) -> None:
-    """Inside a caller's transaction: end the run with `status`, append its last events, drop its
-    journal (its items are committed by now) and, for a run the client did not ask to keep in the
-    background, its events (they only carried the stream)."""
+def finish_run(
+    conn: sa.Connection,
+    lease: Lease,
+    status: str,
+    events: Sequence[dict[str, Any]],
+    *,
+    responded: bool = False,
+) -> None:
+    """Inside a caller's transaction: end the run with `status`, append its last events and drop its
+    journal (its items are committed by now). With `responded` (its response row is written in the
+    same transaction), a run the client did not ask to keep in the background goes entirely: its
+    events only carried the stream, and the response is the record."""
     row = conn.execute(sa.select(runs.c.background).where(_held(lease)).with_for_update()).first()
     if row is None:
         raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
+    conn.execute(
+        run_steps.delete().where(
+            run_steps.c.tenant_id == lease.tenant_id, run_steps.c.response_id == lease.response_id
+        )
+    )
+    if responded and not row.background:
+        conn.execute(
+            run_events.delete().where(
+                run_events.c.tenant_id == lease.tenant_id, run_events.c.response_id == lease.response_id
+            )
+        )
+        conn.execute(runs.delete().where(_held(lease)))
+        return
     conn.execute(
         runs.update()
         .where(_held(lease))
         .values(status=status, lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
     )
-    where = sa.and_(run_steps.c.tenant_id == lease.tenant_id, run_steps.c.response_id == lease.response_id)
-    conn.execute(run_steps.delete().where(where))
-    if row.background:
-        if events:
-            conn.execute(
-                run_events.insert(), _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events)
-            )
-    else:
+    if events:
         conn.execute(
-            run_events.delete().where(
-                run_events.c.tenant_id == lease.tenant_id, run_events.c.response_id == lease.response_id
-            )
+            run_events.insert(), _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events)
         )
 
 
