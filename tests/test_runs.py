@@ -561,3 +561,23 @@ async def test_concurrency_policies_on_one_conversation(world: World) -> None:
         "queued",
         "queued one",
     ]
+
+
+async def test_a_plain_turn_is_refused_while_a_run_holds_the_conversation(world: World) -> None:
+    world.decide = pay_then_answer
+    await world.agent("holder", tools=tools("pay"), approval={"tools_requiring_approval": ["pay"]})
+    conv = await world.ok("POST", "/v1/conversations")
+    paused = await world.respond("holder", "2", conversation=conv["id"])
+    before = await world.ok("GET", f"/v1/conversations/{conv['id']}/items")
+    for stream in (False, True):
+        error = await world.fails(
+            409, "POST", "/v1/responses", {"input": "meanwhile", "conversation": conv["id"], "stream": stream}
+        )
+        assert error["code"] == "conversation_busy" and paused["id"] in error["message"]
+    assert await world.ok("GET", f"/v1/conversations/{conv['id']}/items") == before
+    counted = await world.ok("POST", "/v1/responses/input_tokens", {"input": "x", "conversation": conv["id"]})
+    assert counted["input_tokens"] > 0  # counting tokens is no turn
+    await world.ok("POST", f"/v1/responses/{paused['id']}/cancel")
+    world.decide = lambda r: "free again"
+    done = await world.ok("POST", "/v1/responses", {"input": "now", "conversation": conv["id"]})
+    assert done["status"] == "completed"

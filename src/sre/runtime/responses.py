@@ -11,6 +11,7 @@ from typing import Any
 from sre.engine.background import FINAL_TYPES, TERMINAL
 from sre.engine.runs import PAUSE_STATUS
 from sre.engine.shapes import item_list, stored_response_object
+from sre.engine.turn import PreparedTurn
 from sre.runtime.base import RuntimeParts, _coerce, _page_args
 from sre.types.errors import Conflict, InvalidRequest, ModelError, NotFound
 from sre.types.records import Caller, RunRecord
@@ -67,6 +68,21 @@ class ResponsesAPI(RuntimeParts):
             return None
         return await asyncio.to_thread(self.store.runs.last_sequence, caller.tenant_id, run.response_id)
 
+    async def _check_free(self, turn: PreparedTurn) -> None:
+        """A plain turn is no run and cannot wait in its conversation's queue: while a run is active
+        there, it is refused rather than let in between the run's items."""
+        conversation_id = turn.request.conversation_id
+        if conversation_id is None:
+            return
+        active = await asyncio.to_thread(self.store.runs.active_on, turn.caller.tenant_id, conversation_id)
+        if active is not None:
+            raise Conflict(
+                f"Conversation '{conversation_id}' has an active response ('{active.response_id}', "
+                f"{active.status}); wait for it to finish or cancel it.",
+                param="conversation",
+                code="conversation_busy",
+            )
+
     async def create_response(
         self, caller: Caller, request: CreateResponse | Mapping[str, Any]
     ) -> dict[str, Any]:
@@ -85,6 +101,7 @@ class ResponsesAPI(RuntimeParts):
         if turn.durable:
             lease = await self.background.start(turn, inline=True)
             return await _final(self.background.watch(caller, turn.response_id, lease, turn))
+        await self._check_free(turn)
         return await self.turns.respond(turn)
 
     async def stream_response(
@@ -111,6 +128,7 @@ class ResponsesAPI(RuntimeParts):
         if turn.durable:
             lease = await self.background.start(turn, inline=True)
             return self.background.watch(caller, turn.response_id, lease, turn)
+        await self._check_free(turn)
         return self.turns.stream(turn)
 
     async def stream_background_response(

@@ -571,6 +571,21 @@ class RunRepository:
             )
             return [json.loads(r.data) for r in rows]
 
+    def active_on(self, tenant_id: str, conversation_id: str) -> RunRecord | None:
+        """The oldest queued, running or paused run on a conversation, if any."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(runs)
+                .where(
+                    runs.c.tenant_id == tenant_id,
+                    runs.c.conversation_id == conversation_id,
+                    runs.c.status.in_(ACTIVE),
+                )
+                .order_by(runs.c.queued_ms)
+                .limit(1)
+            ).first()
+        return None if row is None else run_from_row(row)
+
     def lease_owners(self, prefix: str) -> list[str]:
         """The owners (all tenants) holding runs whose ids start with `prefix` (one machine's)."""
         with self.db.read() as conn:
