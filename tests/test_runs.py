@@ -581,3 +581,35 @@ async def test_a_plain_turn_is_refused_while_a_run_holds_the_conversation(world:
     world.decide = lambda r: "free again"
     done = await world.ok("POST", "/v1/responses", {"input": "now", "conversation": conv["id"]})
     assert done["status"] == "completed"
+
+
+async def test_a_run_stays_within_the_context_window(tmp_path: Any) -> None:
+    registry = ToolRegistry()
+
+    @registry.tool
+    def dump() -> str:
+        """A big output (about 300 tokens)."""
+        return "x" * 1200
+
+    seen: list[int] = []
+
+    def decide(request: ModelRequest) -> Any:
+        seen.append(len(request.items))
+        return ScriptedToolCall("dump", {})
+
+    model = FunctionModel(decide, name="tiny", context_window=1200)  # 300 reserved for the output
+    runtime = Runtime.open(data_dir=tmp_path, models=[model], env={}, tools=registry)
+    try:
+        caller = runtime.local_caller()
+        await runtime.create_agent(caller, {"name": "hoarder", "tools": tools("dump")})
+        old = [{"role": "user", "content": "y" * 800} for _ in range(3)]  # about 200 tokens each
+        conv = await runtime.create_conversation(caller, {"items": old})
+        body = {"model": "agent:hoarder", "input": "go", "conversation": conv["id"], "truncation": "auto"}
+        response = await runtime.create_response(caller, body)
+        # The old items gave way to the run's own as it grew, then the run's items alone were too many.
+        assert response["status"] == "incomplete"
+        assert response["incomplete_details"] == {"reason": "context_length_exceeded"}
+        assert seen[0] == 4 and seen[-1] < seen[0] + 2 * (len(seen) - 1)
+        assert [i["type"] for i in response["output"]].count("function_call_output") == len(seen)
+    finally:
+        await runtime.aclose()

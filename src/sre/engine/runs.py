@@ -15,6 +15,7 @@ items, response, run status and last events. Holds no SQL and no HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,14 +24,15 @@ from typing import Any
 from sre.engine.assembler import Assembler
 from sre.engine.shapes import usage_object
 from sre.engine.turn import FINAL_EVENT, PreparedTurn, count_usage
-from sre.models.base import ModelRequest
 from sre.store import LeaseLost, Store, approval_row
 from sre.tools.base import ToolError
 from sre.tools.policy import needs_approval
 from sre.types.errors import ModelError, SREError
 from sre.types.ids import new_id
-from sre.types.items import ITEM_ADAPTER
+from sre.types.items import ITEM_ADAPTER, FunctionCall, FunctionCallOutput, Message, estimate_tokens
 from sre.types.records import ApprovalRecord, Lease, ModelCallRecord, StepRecord
+
+AnyItem = Message | FunctionCall | FunctionCallOutput
 
 FLUSH_INTERVAL = 0.05  # seconds: a foreground run's streamed events are persisted at most this often
 PAUSED_EVENT = "response.completed"  # a pause ends the stream like OpenAI's function-call turns do
@@ -155,6 +157,29 @@ def _output_item(call_id: str, output: str) -> dict[str, Any]:
     }
 
 
+def _fit(turn: PreparedTurn, transcript: list[AnyItem]) -> list[AnyItem] | None:
+    """The next model call's items: the conversation's window, the turn's input and the run's items
+    so far, within the model's context window (less the output's reserve). With `truncation: auto`
+    the oldest conversation items give way; None when even the input and the run's items do not fit."""
+    window = turn.model.info.context_window
+    reserve = turn.request.max_output_tokens or min(4096, window // 4)
+    budget = window - reserve - (len(turn.request.instructions or "") + 3) // 4
+    history = list(turn.model_request.items[: len(turn.window.items)])
+    rest = list(turn.model_request.items[len(turn.window.items) :]) + transcript
+    used = sum(estimate_tokens(i) for i in rest)
+    sizes = [estimate_tokens(i) for i in history]
+    total = used + sum(sizes)
+    if total <= budget:
+        return history + rest
+    if used > budget or turn.request.truncation != "auto":
+        return None
+    drop = 0
+    while total > budget:
+        total -= sizes[drop]
+        drop += 1
+    return history[drop:] + rest
+
+
 def _error_output(exc: ToolError) -> str:
     return json.dumps({"error": {"code": exc.code, "message": exc.message}})
 
@@ -225,13 +250,11 @@ class RunEngine:
     async def _model_step(self, turn: PreparedTurn, cp: RunCheckpoint, journal: Journal, number: int) -> bool:
         """Stream one model call and commit it; False when the run ended instead (failure, cancel)."""
         transcript = journal.transcript()
-        request = ModelRequest(
-            **{
-                **{f: getattr(turn.model_request, f) for f in turn.model_request.__dataclass_fields__},
-                "items": list(turn.model_request.items)
-                + [ITEM_ADAPTER.validate_python(i) for i in transcript],
-            }
-        )
+        fitted = _fit(turn, [ITEM_ADAPTER.validate_python(i) for i in transcript])
+        if fitted is None:
+            await self._end(turn, cp, journal, "incomplete", reason="context_length_exceeded")
+            return False
+        request = dataclasses.replace(turn.model_request, items=fitted)
         assembler = Assembler(events=True, offset=len(transcript))
         started = time.perf_counter()
         error: SREError | None = None
