@@ -8,8 +8,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sre.engine.background import BackgroundRuns, WorkerPool
+from sre.engine.background import BackgroundRuns
 from sre.engine.turn import TurnEngine
+from sre.engine.workers import WorkerPool
 from sre.models.config import ModelRegistry
 from sre.models.embeddings import EmbeddingRegistry
 from sre.runtime.settings import Settings

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from sre.engine.agents import is_agent_name
-from sre.engine.background import BackgroundRuns, WorkerPool
+from sre.engine.background import BackgroundRuns
 from sre.engine.turn import TurnEngine
+from sre.engine.workers import WorkerPool
 from sre.models.base import ChatModel
 from sre.models.config import ModelRegistry, local_model_info
 from sre.models.embeddings import EmbeddingModel, EmbeddingRegistry, local_embeddings
