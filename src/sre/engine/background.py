@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Coroutine
 from functools import partial
 from typing import Any
 
-from sre.engine.runs import LOST, PAUSE_STATUS, RunCheckpoint, RunEngine
+from sre.engine.journal import LOST, RunCheckpoint
+from sre.engine.runs import PAUSE_STATUS, RunEngine
 from sre.engine.shapes import stored_response_object
 from sre.engine.turn import FINAL_EVENT, PreparedTurn, TurnEngine
 from sre.engine.workers import worker_id

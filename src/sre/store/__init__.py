@@ -14,8 +14,9 @@ from sre.store.approvals import ApprovalRepository, approval_row
 from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
 from sre.store.keys import KeyRepository, hash_key
+from sre.store.listener import RunListener
 from sre.store.responses import ResponseRepository, TurnCommit
-from sre.store.runs import LeaseLost, RunListener, RunRepository
+from sre.store.runs import LeaseLost, RunRepository
 
 __all__ = [
     "ApprovalRepository",

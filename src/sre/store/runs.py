@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -27,6 +27,9 @@ from sre.store.model_calls import insert_model_call
 from sre.store.schema import approvals, conversations, run_events, run_steps, runs
 from sre.types.errors import Conflict, NotFound
 from sre.types.records import Lease, ModelCallRecord, RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from sre.store.listener import RunListener
 
 TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
 ACTIVE = ("queued", "in_progress", "requires_action")
@@ -616,40 +619,6 @@ class RunRepository:
             return {r[0]: int(r[1]) for r in rows}
 
     def listener(self) -> RunListener:
+        from sre.store.listener import RunListener  # it imports this module
+
         return RunListener(self.db)
-
-
-class RunListener:
-    """Wake-ups for one worker: PostgreSQL `LISTEN` on a connection of its own, SQLite a plain wait.
-
-    The listening connection stays open, so a `NOTIFY` sent between two waits is not lost.
-    """
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._conn: Any = None
-
-    def wait(self, timeout: float) -> None:
-        """Block until a run may have been enqueued or `timeout` passes (the polling fallback)."""
-        if self.db.dialect != "postgresql":
-            time.sleep(timeout)
-            return
-        import psycopg
-
-        if self._conn is None:
-            url = self.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._conn = psycopg.connect(url, autocommit=True)
-            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        try:
-            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
-                break
-        except Exception:  # a lost connection, or closed at shutdown
-            self._conn = None  # reconnect on the next wait
-            time.sleep(timeout)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
