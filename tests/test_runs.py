@@ -318,7 +318,8 @@ async def test_limits_end_the_run_incomplete(world: World) -> None:
     await world.agent("capped", tools=tools("weather"), limits={"max_tool_calls": 2})
     response = await world.respond("capped")
     assert response["incomplete_details"] == {"reason": "max_tool_calls"}
-    assert [k for k, _ in outputs(response)].count("output") == 2
+    results = [o for k, o in outputs(response) if k == "output"]
+    assert len(results) == 3 and json.loads(results[2])["error"]["code"] == "not_run"  # the third never ran
 
     world.decide = lambda r: ScriptedToolCall("slow", {"seconds": 0.2})
     await world.agent("late", tools=tools("slow"), limits={"deadline_seconds": 1})
@@ -613,3 +614,36 @@ async def test_a_run_stays_within_the_context_window(tmp_path: Any) -> None:
         assert [i["type"] for i in response["output"]].count("function_call_output") == len(seen)
     finally:
         await runtime.aclose()
+
+
+async def test_a_run_ended_early_leaves_every_call_with_an_output(world: World) -> None:
+    world.decide = lambda r: [
+        ScriptedToolCall("weather", {"city": "Oslo"}),
+        ScriptedToolCall("pay", {"account": "a", "amount": 9}),
+    ]
+    await world.agent("mixed", tools=tools("weather", "pay"), approval={"tools_requiring_approval": ["pay"]})
+    conv = await world.ok("POST", "/v1/conversations")
+    paused = await world.respond("mixed", conversation=conv["id"])
+    assert paused["status"] == "requires_action"
+    cancelled = await world.ok("POST", f"/v1/responses/{paused['id']}/cancel")
+    assert cancelled["status"] == "cancelled"
+    # The weather call ran (a side effect may have happened), so the run's items are kept; the call
+    # that never ran is closed with an output saying so.
+    items = (await world.ok("GET", f"/v1/conversations/{conv['id']}/items", order="asc"))["data"]
+    assert [i["type"] for i in items] == [
+        "message", "function_call", "function_call", "function_call_output", "function_call_output",
+    ]  # fmt: skip
+    closing = json.loads(items[4]["output"])["error"]
+    assert closing["code"] == "not_run" and "cancelled" in closing["message"]
+    assert world.paid == []
+    # The conversation goes on: the next turn's model sees no call without its output.
+    world.decide = lambda r: "next"
+    await world.agent("after")
+    assert (await world.respond("after", conversation=conv["id"]))["status"] == "completed"
+
+    # Nothing ran: a cancelled run leaves the conversation as it was.
+    world.decide = lambda r: ScriptedToolCall("pay", {"account": "b", "amount": 1})
+    conv2 = await world.ok("POST", "/v1/conversations")
+    paused = await world.respond("mixed", conversation=conv2["id"])
+    await world.ok("POST", f"/v1/responses/{paused['id']}/cancel")
+    assert (await world.ok("GET", f"/v1/conversations/{conv2['id']}/items"))["data"] == []

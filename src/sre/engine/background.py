@@ -255,8 +255,9 @@ class BackgroundRuns:
                 await asyncio.sleep(FOLLOW_INTERVAL)
 
     async def cancel(self, caller: Caller, response_id: str) -> dict[str, Any]:
-        """Cancel a queued or paused run at once; flag a running one and wait (briefly) for its worker
-        to stop it at its next chunk or step."""
+        """Cancel a queued or paused run at once (a paused one whose tools ran ends here, keeping what
+        they did); flag a running one and wait (briefly) for its worker to stop it at its next chunk
+        or step."""
         tenant_id = caller.tenant_id
         run = await asyncio.to_thread(self.store.runs.get, tenant_id, response_id)
         if run is None:
@@ -267,14 +268,21 @@ class BackgroundRuns:
                 code="response_not_cancellable",
             )
         run = await asyncio.to_thread(self.store.runs.cancel, tenant_id, response_id)
+        if run.status == "queued":  # flagged and queued to end: end it here unless a worker is quicker
+            after = await asyncio.to_thread(self.store.runs.last_sequence, tenant_id, response_id)
+            async for _ in self.watch(caller, response_id, None, after=after):
+                pass
         deadline = time.monotonic() + CANCEL_WAIT
-        while run.status not in TERMINAL and time.monotonic() < deadline:
-            await asyncio.sleep(FOLLOW_INTERVAL)
+        while True:
             found = await asyncio.to_thread(self.store.runs.get, tenant_id, response_id)
-            if found is None:
-                raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
-            run = found
-        return await asyncio.to_thread(self._unfinished_object, run)
+            if found is None:  # a foreground run's row goes with its end: its response is the record
+                final = await self._final_from_store(caller, response_id)
+                if final is None:
+                    raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+                return dict(final["response"])
+            if found.status in TERMINAL or time.monotonic() >= deadline:
+                return await asyncio.to_thread(self._unfinished_object, found)
+            await asyncio.sleep(FOLLOW_INTERVAL)
 
     # -- resuming a paused run --------------------------------------------------------------------
 
@@ -425,9 +433,6 @@ class BackgroundRuns:
             await asyncio.to_thread(self.store.runs.finish, lease, status, checkpoint.take())
             checkpoint.announce(final)
 
-        if run.cancel_requested:  # cancelled while its last worker was dying: do not start again
-            await end("cancelled", {})
-            return
         try:
             if lease.attempt > MAX_ATTEMPTS + run.steps:
                 raise SREError(
@@ -441,9 +446,15 @@ class BackgroundRuns:
                 if payload.get("agent") is not None:
                     turn.body["agent"] = payload["agent"]
         except SREError as exc:  # the request no longer holds (a deleted conversation, say)
+            if run.cancel_requested:
+                await end("cancelled", {})
+                return
             error = {"code": exc.code or exc.error_type, "message": exc.message}
             await end("failed", {"error": error})
             return
+        # A run cancelled while paused or while its last worker was dying starts no step: the engine
+        # only ends it (keeping what its tools did).
+        checkpoint.cancel = run.cancel_requested
         await self.engine.execute(turn, checkpoint)
 
     async def aclose(self) -> None:

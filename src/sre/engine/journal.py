@@ -10,11 +10,13 @@ commit. No SQL here: the store does the writing.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from sre.store import Store
+from sre.types.ids import new_id
 from sre.types.records import Lease, ModelCallRecord, StepRecord
 
 FLUSH_INTERVAL = 0.05  # seconds: a foreground run's streamed events are persisted at most this often
@@ -102,8 +104,10 @@ class Journal:
         output: dict[str, Any] = row.data["output"]
         return output
 
-    def transcript(self) -> list[dict[str, Any]]:
-        """The run's output items so far: each model step's items, then its calls' outputs in order."""
+    def transcript(self, close: str | None = None) -> list[dict[str, Any]]:
+        """The run's output items so far: each model step's items, then its calls' outputs in order.
+        With `close` (why the run ends), a call that never ran gets an output saying so, so the
+        conversation holds no call without its output."""
         out: list[dict[str, Any]] = []
         for number in sorted(self.model):
             items = self.model[number].data["items"]
@@ -111,6 +115,14 @@ class Journal:
             for item in items:
                 if item["type"] == "function_call":
                     result = self.result(number + 1, item["call_id"])
+                    if result is None and close is not None:
+                        result = {
+                            "id": new_id("fco"),
+                            "type": "function_call_output",
+                            "call_id": item["call_id"],
+                            "output": json.dumps({"error": {"code": "not_run", "message": close}}),
+                            "status": "completed",
+                        }
                     if result is not None:
                         out.append(result)
         return out

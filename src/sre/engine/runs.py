@@ -453,10 +453,13 @@ class RunEngine:
         reason: str | None = None,
         error: SREError | None = None,
     ) -> None:
-        """The run's last commit: its items join the conversation (unless it failed or was
-        cancelled), its response is written and the run ends, with its last events."""
-        keep = status not in ("failed", "cancelled")
-        transcript = journal.transcript() if keep else []
+        """The run's last commit: its response is written and the run ends, with its last events. Its
+        items join the conversation, unless it failed or was cancelled before any tool ran (then the
+        conversation stays as it was, and the client may simply retry); calls it never ran get an
+        output saying why."""
+        keep = status not in ("failed", "cancelled") or journal.tool_calls_done() > 0
+        why = f"The call did not run: the response ended {status}" + (f" ({reason})." if reason else ".")
+        transcript = journal.transcript(close=why) if keep else []
         input_tokens, cached_tokens, output_tokens, _ = journal.usage()
         body = dict(turn.body)
         body["usage"] = usage_object(input_tokens, output_tokens, cached_tokens)
@@ -472,6 +475,6 @@ class RunEngine:
         output = [ITEM_ADAPTER.validate_python(i) for i in transcript]
         await asyncio.to_thread(
             self.store.responses.commit_turn,
-            turn.commit(status, output, model_call=journal.last_call, run=(cp.lease, cp.take())),
+            turn.commit(status, output, model_call=journal.last_call, run=(cp.lease, cp.take()), keep=keep),
         )
         cp.announce(final)

@@ -102,9 +102,10 @@ class PreparedTurn:
         *,
         model_call: ModelCallRecord | None,
         run: tuple[Lease, list[dict[str, Any]]] | None = None,
+        keep: bool | None = None,
     ) -> TurnCommit:
-        """The turn's one transaction: its items (kept unless it failed or was cancelled), response
-        and model call, and for a durable run its end."""
+        """The turn's one transaction: its items (by default kept unless it failed or was cancelled),
+        response and model call, and for a durable run its end."""
         return TurnCommit(
             tenant_id=self.caller.tenant_id,
             principal_id=self.caller.principal_id,
@@ -119,7 +120,7 @@ class PreparedTurn:
             input_items=self.input_items,
             output_items=output,
             store=self.request.store,
-            keep_items=status not in ("failed", "cancelled"),
+            keep_items=status not in ("failed", "cancelled") if keep is None else keep,
             model_call=model_call,
             run=run,
         )

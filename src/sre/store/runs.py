@@ -534,8 +534,8 @@ class RunRepository:
             finish_run(conn, lease, status, events)
 
     def cancel(self, tenant_id: str, response_id: str) -> RunRecord:
-        """Cancel a queued or paused run now, or flag a running one for its worker; `Conflict` for a
-        finished run."""
+        """Cancel a queued or paused run now, or flag it for a worker to end (a running one, or a
+        paused one whose tools ran); `Conflict` for a finished run."""
         with self.db.write() as conn:
             row = conn.execute(
                 sa.select(runs)
@@ -552,11 +552,34 @@ class RunRepository:
                     code="response_not_cancellable",
                 )
             where = _this(run.tenant_id, run.response_id)
-            if run.status in ("queued", "requires_action"):
+            ran_tools = conn.execute(
+                sa.select(run_steps.c.call_id)
+                .where(
+                    run_steps.c.tenant_id == run.tenant_id,
+                    run_steps.c.response_id == run.response_id,
+                    run_steps.c.kind == "tool",
+                )
+                .limit(1)
+            ).first()
+            if run.status in ("queued", "requires_action") and ran_tools is None:
                 cancel_now(conn, run)
                 return run_from_row(conn.execute(sa.select(runs).where(where)).one())
+            # A running run stops at its next chunk or step; a paused one whose tools ran goes back
+            # to the queue to end there, so that what ran joins the conversation.
             conn.execute(runs.update().where(where).values(cancel_requested=True))
-            return run
+            if run.status == "requires_action":
+                conn.execute(
+                    approvals.update()
+                    .where(
+                        approvals.c.tenant_id == run.tenant_id,
+                        approvals.c.response_id == run.response_id,
+                        approvals.c.status == "pending",
+                    )
+                    .values(status="cancelled", decided_at=int(time.time()))
+                )
+                conn.execute(runs.update().where(where).values(status="queued"))
+                _notify(conn)
+            return run_from_row(conn.execute(sa.select(runs).where(where)).one())
 
     def events_after(
         self, tenant_id: str, response_id: str, after: int, limit: int = 500
