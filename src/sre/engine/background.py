@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Coroutine
 from functools import partial
 from typing import Any
 
-from sre.engine.journal import LOST, RunCheckpoint
+from sre.engine.journal import LOST, RunCheckpoint, output_item
 from sre.engine.runs import PAUSE_STATUS, RunEngine
 from sre.engine.shapes import stored_response_object
 from sre.engine.turn import FINAL_EVENT, PreparedTurn, TurnEngine
@@ -28,7 +28,6 @@ from sre.engine.workers import worker_id
 from sre.store import LeaseLost, Store
 from sre.store.approvals import may_decide
 from sre.types.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, SREError
-from sre.types.ids import new_id
 from sre.types.records import Caller, Lease, RunRecord, StepRecord
 from sre.types.requests import CreateResponse
 
@@ -158,15 +157,15 @@ class BackgroundRuns:
                     return
                 await asyncio.sleep(FOLLOW_INTERVAL)
 
+    async def _drain(self, caller: Caller, response_id: str) -> None:
+        """Run a queued run here to its end or pause (or follow it, if a worker is quicker)."""
+        after = await asyncio.to_thread(self.store.runs.last_sequence, caller.tenant_id, response_id)
+        async for _ in self.watch(caller, response_id, None, after=after):
+            pass
+
     def spawn_drain(self, caller: Caller, response_id: str) -> None:
         """Run a queued run here, in the background, when no worker of this process would."""
-
-        async def drain() -> None:
-            after = await asyncio.to_thread(self.store.runs.last_sequence, caller.tenant_id, response_id)
-            async for _ in self.watch(caller, response_id, None, after=after):
-                pass
-
-        self._spawn(drain())
+        self._spawn(self._drain(caller, response_id))
 
     async def _final_from_store(self, caller: Caller, response_id: str) -> dict[str, Any] | None:
         """The final event of a run whose events are gone (a foreground run's, dropped at its end)."""
@@ -269,9 +268,7 @@ class BackgroundRuns:
             )
         run = await asyncio.to_thread(self.store.runs.cancel, tenant_id, response_id)
         if run.status == "queued":  # flagged and queued to end: end it here unless a worker is quicker
-            after = await asyncio.to_thread(self.store.runs.last_sequence, tenant_id, response_id)
-            async for _ in self.watch(caller, response_id, None, after=after):
-                pass
+            await self._drain(caller, response_id)
         deadline = time.monotonic() + CANCEL_WAIT
         while True:
             found = await asyncio.to_thread(self.store.runs.get, tenant_id, response_id)
@@ -324,15 +321,10 @@ class BackgroundRuns:
                         f"Invalid value for '{where}.call_id': call {call_id!r} is answered twice.",
                         param=f"{where}.call_id",
                     )
-                row = waiting[call_id]
-                result = {
-                    "id": new_id("fco"),
-                    "type": "function_call_output",
-                    "call_id": call_id,
-                    "output": output,
-                    "status": "completed",
-                }
-                outputs.append(StepRecord(row.step, call_id, "client", "completed", {"output": result}))
+                result = output_item(call_id, output)
+                outputs.append(
+                    StepRecord(waiting[call_id].step, call_id, "client", "completed", {"output": result})
+                )
             elif kind == "mcp_approval_response":
                 approval_id, approve = item.get("approval_request_id"), item.get("approve")
                 reason = item.get("reason")

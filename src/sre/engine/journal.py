@@ -19,6 +19,18 @@ from sre.store import Store
 from sre.types.ids import new_id
 from sre.types.records import Lease, ModelCallRecord, StepRecord
 
+
+def output_item(call_id: str, output: str) -> dict[str, Any]:
+    """A tool's result as the `function_call_output` item the run stores and the model sees."""
+    return {
+        "id": new_id("fco"),
+        "type": "function_call_output",
+        "call_id": call_id,
+        "output": output,
+        "status": "completed",
+    }
+
+
 FLUSH_INTERVAL = 0.05  # seconds: a foreground run's streamed events are persisted at most this often
 LOST = object()  # put on a sink when the run's lease was lost: its watcher follows the event log
 
@@ -116,13 +128,8 @@ class Journal:
                 if item["type"] == "function_call":
                     result = self.result(number + 1, item["call_id"])
                     if result is None and close is not None:
-                        result = {
-                            "id": new_id("fco"),
-                            "type": "function_call_output",
-                            "call_id": item["call_id"],
-                            "output": json.dumps({"error": {"code": "not_run", "message": close}}),
-                            "status": "completed",
-                        }
+                        not_run = json.dumps({"error": {"code": "not_run", "message": close}})
+                        result = output_item(item["call_id"], not_run)
                     if result is not None:
                         out.append(result)
         return out

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from sre.engine.assembler import Assembler
-from sre.engine.journal import Journal, RunCheckpoint
+from sre.engine.journal import Journal, RunCheckpoint, output_item
 from sre.engine.shapes import usage_object
 from sre.engine.turn import FINAL_EVENT, PreparedTurn, count_usage
 from sre.store import LeaseLost, Store, approval_row
@@ -36,16 +36,6 @@ AnyItem = Message | FunctionCall | FunctionCallOutput
 
 PAUSED_EVENT = "response.completed"  # a pause ends the stream like OpenAI's function-call turns do
 PAUSE_STATUS = "requires_action"
-
-
-def _output_item(call_id: str, output: str) -> dict[str, Any]:
-    return {
-        "id": new_id("fco"),
-        "type": "function_call_output",
-        "call_id": call_id,
-        "output": output,
-        "status": "completed",
-    }
 
 
 def _fit(turn: PreparedTurn, transcript: list[AnyItem]) -> list[AnyItem] | None:
@@ -255,7 +245,7 @@ class RunEngine:
                     call["call_id"],
                     "tool",
                     "completed",
-                    {"output": _output_item(call["call_id"], output)},
+                    {"output": output_item(call["call_id"], output)},
                 )
             )
 
@@ -341,7 +331,7 @@ class RunEngine:
         if runnable:
             await asyncio.gather(*(self._run_call(turn, cp, journal, step, c, a) for c, a in runnable))
         if waiting or asks or pending:
-            return await self._pause(turn, cp, journal, step, waiting, asks)
+            return await self._pause(turn, cp, journal, waiting, asks, decided)
         return None
 
     def _approvals(self, tenant_id: str, response_id: str) -> dict[tuple[str, str], ApprovalRecord]:
@@ -406,7 +396,7 @@ class RunEngine:
             output = _error_output(exc)
         except Exception as exc:  # a source's own bug: the model hears of it, the run goes on
             output = _error_output(ToolError(f"{type(exc).__name__}: {exc}"))
-        done = StepRecord(step, call_id, "tool", "completed", {"output": _output_item(call_id, output)})
+        done = StepRecord(step, call_id, "tool", "completed", {"output": output_item(call_id, output)})
         await self._commit_results(turn, cp, journal, [done])
 
     async def _pause(
@@ -414,11 +404,12 @@ class RunEngine:
         turn: PreparedTurn,
         cp: RunCheckpoint,
         journal: Journal,
-        step: int,
         waiting: list[StepRecord],
         asks: list[ApprovalRecord],
+        decided: dict[tuple[str, str], ApprovalRecord],
     ) -> str | None:
-        decided = await asyncio.to_thread(self._approvals, turn.caller.tenant_id, turn.response_id)
+        """Stop in `requires_action` (its earlier and new open decisions, `decided` as the tool step
+        read them, are listed in the pause's response); "paused", or None if nothing was pending."""
         open_asks = [a for a in decided.values() if a.status == "pending"] + asks
         output = journal.transcript() + [approval_item(a) for a in open_asks]
         waiting_calls = [

@@ -133,13 +133,7 @@ def append_final(conn: sa.Connection, run: RunRecord, final: dict[str, Any]) -> 
     conn.execute(run_events.insert(), _event_rows(run.tenant_id, run.response_id, 0, [event]))
 
 
-def cancel_now(conn: sa.Connection, run: RunRecord) -> None:
-    """Inside a caller's transaction: end a run no worker holds (queued, or waiting on an action)."""
-    conn.execute(
-        runs.update()
-        .where(_this(run.tenant_id, run.response_id))
-        .values(status="cancelled", lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
-    )
+def _cancel_approvals(conn: sa.Connection, run: RunRecord) -> None:
     conn.execute(
         approvals.update()
         .where(
@@ -149,6 +143,16 @@ def cancel_now(conn: sa.Connection, run: RunRecord) -> None:
         )
         .values(status="cancelled", decided_at=int(time.time()))
     )
+
+
+def cancel_now(conn: sa.Connection, run: RunRecord) -> None:
+    """Inside a caller's transaction: end a run no worker holds (queued, or waiting on an action)."""
+    conn.execute(
+        runs.update()
+        .where(_this(run.tenant_id, run.response_id))
+        .values(status="cancelled", lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
+    )
+    _cancel_approvals(conn, run)
     conn.execute(
         run_steps.delete().where(
             run_steps.c.tenant_id == run.tenant_id, run_steps.c.response_id == run.response_id
@@ -568,15 +572,7 @@ class RunRepository:
             # to the queue to end there, so that what ran joins the conversation.
             conn.execute(runs.update().where(where).values(cancel_requested=True))
             if run.status == "requires_action":
-                conn.execute(
-                    approvals.update()
-                    .where(
-                        approvals.c.tenant_id == run.tenant_id,
-                        approvals.c.response_id == run.response_id,
-                        approvals.c.status == "pending",
-                    )
-                    .values(status="cancelled", decided_at=int(time.time()))
-                )
+                _cancel_approvals(conn, run)
                 conn.execute(runs.update().where(where).values(status="queued"))
                 _notify(conn)
             return run_from_row(conn.execute(sa.select(runs).where(where)).one())
