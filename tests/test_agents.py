@@ -104,6 +104,8 @@ async def test_create_get_update_versions_delete(api: Api) -> None:
         "limits": {"max_tool_calls": 5, "max_steps": 10, "deadline_seconds": 60},
         "approval": {"tools_requiring_approval": ["lookup"], "rules": [], "approvers": []},
         "concurrency": "enqueue",
+        "context": {"sections": {}, "compaction": False, "compact_threshold": None, "keep_recent": 0.5},
+        "compaction_model": None,
     }
     assert await api.ok("GET", "/v1/agents/helper") == created
     conflict = await api.fails("POST", "/v1/agents", {"name": "helper"})
@@ -300,7 +302,7 @@ async def test_agents_of_another_tenant_do_not_exist(api: Api) -> None:
     assert (await api.ok("GET", "/v1/agents/private"))["instructions"] == "secret"
 
 
-def test_python_api_and_stored_definitions_of_version_1(tmp_path: Path) -> None:
+def test_python_api_and_stored_definitions_of_version_1_and_2(tmp_path: Path) -> None:
     with SyncRuntime.open(data_dir=tmp_path, models=[ScriptedModel(["hi"], name="small")], env={}) as rt:
         caller = rt.local_caller()
         agent = rt.create_agent(caller, AgentDefinition(name="helper", instructions="Be kind."))
@@ -320,7 +322,14 @@ def test_python_api_and_stored_definitions_of_version_1(tmp_path: Path) -> None:
     }
     loaded = AgentDefinition.from_stored("helper", stored)
     assert loaded.limits.max_steps == 3 and loaded.tools[0].name == "lookup"
-    assert loaded.to_stored() == {**stored, "approval": {**stored["approval"], "rules": [], "approvers": []}}
+    # Read as the current version: version 2 added the context policy (defaults here).
+    assert loaded.to_stored() == {
+        **stored,
+        "schema_version": 2,
+        "approval": {**stored["approval"], "rules": [], "approvers": []},
+        "context": {"sections": {}, "compaction": False, "keep_recent": 0.5},
+    }
+    assert loaded.context.compaction is False and loaded.compaction_model is None
     with pytest.raises(ValueError):
         AgentDefinition.from_stored("helper", {**stored, "schema_version": 99})
 

@@ -14,6 +14,7 @@ from sre import Runtime, SyncRuntime
 from sre.api import create_app
 from sre.models import ModelRegistry
 from sre.testing import FunctionModel, ScriptedModel, ScriptedToolCall
+from sre.types.context import ContextManifest
 from tests.support.upstream import ChatUpstream, Reply
 
 
@@ -99,8 +100,10 @@ async def test_truncation(api: Api) -> None:
     assert 1 < len(sent) < 7 and sent[-1].text() == "hi"  # type: ignore[union-attr]
     caller = await api.runtime.authenticate(api.client.headers["authorization"].removeprefix("Bearer "))
     calls = api.runtime.store.responses.model_calls(caller.tenant_id, done["id"])
-    assert calls[0].manifest["window"]["older_items_dropped"] is True
-    assert calls[0].manifest["window"]["items"] == len(sent) - 1
+    manifest = ContextManifest.from_stored(calls[0].manifest)
+    assert manifest is not None and manifest.older_items is True
+    history = next(s for s in manifest.sections if s.section == "history")
+    assert history.included == len(sent) - 1
 
 
 async def test_store_false_and_input_items(api: Api) -> None:

@@ -20,6 +20,7 @@ from sre import Runtime
 from sre.api import create_app
 from sre.models.base import ChatModel, Finish, ModelEvent, ModelInfo, ModelRequest, TextDelta, Usage
 from sre.store import LeaseLost, Store
+from sre.types.steps import RunPayload
 
 ANSWER = "one two three four five six"
 
@@ -257,7 +258,8 @@ async def test_deleting_a_background_response_deletes_its_run(idle_api: Api) -> 
 def test_an_expired_lease_moves_the_run_to_another_worker(store: Store) -> None:
     tenant, response_id = f"t-{uuid.uuid4().hex}", f"resp_{uuid.uuid4().hex}"
     queued = {"type": "response.queued", "sequence_number": 0, "response": {"id": response_id}}
-    store.runs.enqueue(tenant, response_id, "p", {"request": {}, "response": {"id": response_id}}, queued)
+    payload = RunPayload(request={}, response={"id": response_id})
+    store.runs.enqueue(tenant, response_id, "p", payload, queued)
     claims = []
     while True:  # other tests' runs may be queued in a shared PostgreSQL: take ours
         claimed = store.runs.claim_runnable_run("w1", 0.3)

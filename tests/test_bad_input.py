@@ -170,6 +170,7 @@ def _cases() -> list[Case]:
         ("DELETE", "/v1/responses/{resp_a}", _UNSET),
         ("GET", "/v1/responses/{resp_a}/input_items", _UNSET),
         ("POST", "/v1/responses/{resp_a}/cancel", _UNSET),
+        ("POST", "/v1/responses/compact", {"input": "hi"}),
         ("POST", "/v1/conversations", {"items": [_msg()]}),
         ("GET", "/v1/conversations/{conv_a}", _UNSET),
         ("POST", "/v1/conversations/{conv_a}", {"metadata": {"x": "y"}}),
@@ -290,7 +291,19 @@ def _cases() -> list[Case]:
         ("metadata", "metadata", "k=v"),
         ("metadata", "metadata", ["k", "v"]),
         ("user", "user", 5),
-        ("include", "include[1]", ["a", 5]),
+        ("include", "include[1]", ["context_manifest", 5]),
+        ("include", "include[0]", ["everything"]),
+        ("include", "include", "context_manifest"),
+        ("include", "include", [f"context_manifest{i}" for i in range(17)]),
+        ("context_management", "context_management", "compaction"),
+        ("context_management", "context_management", {"type": "compaction"}),
+        ("context_management", "context_management[0]", [5]),
+        ("context_management", "context_management[0].type", [{"type": "summarize"}]),
+        ("context_management", "context_management[0].type", [{"compact_threshold": 100}]),
+        ("context_management", "context_management[0].compact_threshold", [{"compact_threshold": 0, "type": "compaction"}]),
+        ("context_management", "context_management[0].compact_threshold", [{"compact_threshold": "1k", "type": "compaction"}]),
+        ("context_management", "context_management[0].when", [{"type": "compaction", "when": "always"}]),
+        ("context_management", "context_management", [{"type": "compaction"}] * 9),
         ("text", "text", "plain"),
         ("stream_options", "stream_options", True),
     ]
@@ -326,6 +339,13 @@ def _cases() -> list[Case]:
         ("fc-no-name", "input[0].name", [{"type": "function_call", "call_id": "c", "arguments": "{}"}]),
         ("fc-arguments-object", "input[0].arguments",
          [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {"a": 1}}]),
+        ("compaction-no-content", "input[0].encrypted_content", [{"type": "compaction"}]),
+        ("compaction-empty-content", "input[0].encrypted_content", [{"type": "compaction", "encrypted_content": ""}]),
+        ("compaction-content-number", "input[0].encrypted_content", [{"type": "compaction", "encrypted_content": 5}]),
+        ("compaction-forged", "input[1].encrypted_content",
+         [_msg(), {"type": "compaction", "encrypted_content": "gAAAAABo-not-ours"}]),
+        ("compaction-forged-sre-prefix", "input[0].encrypted_content",
+         [{"type": "compaction", "encrypted_content": "sre1.!!!not base64 json"}]),
     ]
     for name, param, value in items:
         add(Case(f"resp-item-{name}", "POST", r, 400, param, json={"input": value}))
@@ -398,6 +418,37 @@ def _cases() -> list[Case]:
     add(Case("stream-starting-after-negative", "GET", ra, 400, "starting_after",
              params={"stream": "true", "starting_after": "-5"}))
     add(Case("stream-not-a-bool", "GET", ra, 400, "stream", params={"stream": "sometimes"}))
+    for name, params, param in (
+        ("include-unknown", {"include": "everything"}, "include[0]"),
+        ("include-brackets-unknown", {"include[]": ["context_manifest", "everything"]}, "include[1]"),
+    ):
+        add(Case(f"get-response-{name}", "GET", ra, 400, param, params=params))
+    add(Case("get-response-include-other-tenant", "GET", ra, 404, "response_id", "not_found", key="b",
+             params={"include[]": "context_manifest"}))
+
+    # -- POST /v1/responses/compact --
+    rc = "/v1/responses/compact"
+    add(Case("compact-json-malformed", "POST", rc, 400, content=b'{"input": "hi",'))
+    add(Case("compact-json-array", "POST", rc, 400, json=[{"input": "hi"}]))
+    add(Case("compact-no-body", "POST", rc, 400, content=b""))
+    add(Case("compact-nothing", "POST", rc, 400, "input", json={}))
+    add(Case("compact-empty-input", "POST", rc, 400, "input", json={"input": []}))
+    add(Case("compact-unknown-field", "POST", rc, 400, "conversation", "unknown_parameter",
+             json={"input": "hi", "conversation": "{conv_a}"}))
+    add(Case("compact-unknown-model", "POST", rc, 400, "model", "model_not_found",
+             json={"input": "hi", "model": "gpt-9"}))
+    add(Case("compact-unknown-agent", "POST", rc, 400, "model", "model_not_found",
+             json={"input": "hi", "model": "agent:nobody"}))
+    add(Case("compact-model-number", "POST", rc, 400, "model", json={"input": "hi", "model": 5}))
+    add(Case("compact-input-number", "POST", rc, 400, "input", json={"input": 5}))
+    add(Case("compact-input-item", "POST", rc, 400, "input[0].type", json={"input": [{"type": "telepathy"}]}))
+    add(Case("compact-forged-compaction", "POST", rc, 400, "input[0].encrypted_content",
+             json={"input": [{"type": "compaction", "encrypted_content": "not ours"}]}))
+    add(Case("compact-unknown-previous", "POST", rc, 404, "previous_response_id", "not_found",
+             json={"previous_response_id": "{unknown_resp}"}))
+    add(Case("compact-other-tenant-previous", "POST", rc, 404, "previous_response_id", "not_found", key="b",
+             json={"previous_response_id": "{resp_a}"}))
+    add(Case("compact-get", "GET", rc, 404, "response_id"))
     ii = "/v1/responses/{resp_a}/input_items"
     for name, params, param, status in (
         ("limit-0", {"limit": "0"}, "limit", 400),
@@ -604,6 +655,24 @@ def _cases() -> list[Case]:
         ("concurrency", "sometimes"),
         ("concurrency", 5),
         ("concurrency", None),
+        ("context", "lots"),
+        ("context", None),
+        ("context.compaction", {"compaction": "yes"}),
+        ("context.keep_recent", {"keep_recent": 1}),
+        ("context.keep_recent", {"keep_recent": -0.1}),
+        ("context.compact_threshold", {"compact_threshold": 0}),
+        ("context.window", {"window": 4096}),
+        ("context.sections", {"sections": ["history"]}),
+        ("context.sections.history.share", {"sections": {"history": {"share": 1.5}}}),
+        ("context.sections.history.share", {"sections": {"history": {"share": "half"}}}),
+        ("context.sections.history.min_tokens", {"sections": {"history": {"min_tokens": -1}}}),
+        ("context.sections.history.max_tokens", {"sections": {"history": {"max_tokens": 0}}}),
+        ("context.sections.history.weight", {"sections": {"history": {"weight": 2}}}),
+        ("context.sections.input", {"sections": {"input": {"share": 0.5}}}),
+        ("context.sections.instructions", {"sections": {"instructions": {"share": 0.5}}}),
+        ("context.sections.Bad Name", {"sections": {"Bad Name": {"share": 0.5}}}),
+        ("compaction_model", 5),
+        ("compaction_model", ""),
     ]
     for param, value in agent_fields:
         field_name = param.split(".")[0].split("[")[0]
@@ -613,6 +682,8 @@ def _cases() -> list[Case]:
              json={"name": "fresh", "model": "gpt-9"}))
     add(Case("agent-create-agent-as-model", "POST", ag, 400, "model", "model_not_found",
              json={"name": "fresh", "model": "agent:helper"}))
+    add(Case("agent-create-unknown-compaction-model", "POST", ag, 400, "compaction_model", "model_not_found",
+             json={"name": "fresh", "compaction_model": "gpt-9"}))
     add(Case("agent-create-exists", "POST", ag, 409, "name", "agent_exists", json={"name": "{agent_a}"},
              check=_agent_a_intact))
     add(Case("agent-create-exists-other-tenant-ok-but-bad-model", "POST", ag, 400, "model", "model_not_found",

@@ -38,7 +38,7 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
 def test_help_lists_the_commands() -> None:
     done = sre("--help")
     assert done.returncode == 0
-    for command in ("serve", "chat", "keys", "conversations", "agents", "approvals", "db"):
+    for command in ("serve", "chat", "keys", "conversations", "agents", "approvals", "responses", "db"):
         assert command in done.stdout
 
 
@@ -122,7 +122,7 @@ def test_conversations_fork_and_agents(tmp_path: Path) -> None:
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     first = sre("db", "upgrade", "--data-dir", data)
-    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0005" in first.stderr
+    assert first.returncode == 0 and "Upgrading schema" in first.stderr and "0006" in first.stderr
     again = sre("db", "upgrade", "--data-dir", data)
     assert again.returncode == 0 and "up to date" in again.stderr
 

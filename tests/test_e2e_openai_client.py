@@ -27,12 +27,14 @@ class Harness:
         self.env = {"SRE_DATABASE_URL": pg_url} if backend == "postgresql" and pg_url else {}
         self.upstream = upstream
         self.server: ServerProcess | None = None
+        self.tenant = ""
         self.key = self._create_key()
 
     def _create_key(self) -> str:
         import os
         import uuid
 
+        self.tenant = f"e2e-{uuid.uuid4().hex[:8]}"
         cmd = [
             sys.executable,
             "-m",
@@ -40,7 +42,7 @@ class Harness:
             "keys",
             "create",
             "--tenant",
-            f"e2e-{uuid.uuid4().hex[:8]}",
+            self.tenant,
             "--principal",
             "alice",
             "--data-dir",

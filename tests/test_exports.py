@@ -14,5 +14,7 @@ def test_public_names_resolve() -> None:
 
 def test_public_surface_is_deliberate() -> None:
     public = {name for name in dir(sre) if not name.startswith("_")}
-    layers = {"api", "cli", "engine", "models", "runtime", "store", "testing", "tools", "types"}
+    layers = {
+        "api", "cli", "context", "engine", "governance", "models", "runtime", "store", "testing", "tools", "types",
+    }  # fmt: skip
     assert public - layers - {"annotations"} == set(sre.__all__) - {"__version__"}

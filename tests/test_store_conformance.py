@@ -19,6 +19,7 @@ from sre.store.schema import agents, api_keys, items, metadata
 from sre.types.errors import Conflict, InvalidRequest, NotFound
 from sre.types.items import Message, OutputText, parse_input_items
 from sre.types.records import AgentVersion, ResponseRecord
+from sre.types.steps import CallStepData, ModelStepData, RunPayload, StepUsage
 
 
 def tenant(store: Store) -> str:
@@ -209,7 +210,7 @@ def _turn(
         output_items=[Message(role="assistant", content=[OutputText(text=f"answer to {text}")])],
         store=store_it,
         keep_items=keep,
-        model_call=None,
+        model_calls=[],
     )
 
 
@@ -418,7 +419,7 @@ def _enqueue(
     store: Store, tenant_id: str, conv: str | None, policy: str = "enqueue", owner: str | None = None
 ):  # type: ignore[no-untyped-def]
     response_id = f"resp_{uuid.uuid4().hex}"
-    payload = {"request": {}, "response": {"id": response_id, "status": "queued"}}
+    payload = RunPayload(request={}, response={"id": response_id, "status": "queued"})
     first = {"type": "response.queued", "sequence_number": 0}
     lease = store.runs.enqueue(
         tenant_id, response_id, "p", payload, first, conversation_id=conv, policy=policy, owner=owner
@@ -443,7 +444,9 @@ def test_runs_on_one_conversation_wait_their_turn(store: Store) -> None:
         _enqueue(store, tenant_id, conv, policy="reject")
     assert busy.value.code == "conversation_busy"
     # A paused run is still active; once it ends, the next one may start.
-    assert store.runs.pause(lease, [StepRecord(1, "call_1", "client", "pending", {})], [], [])
+    assert store.runs.pause(
+        lease, [StepRecord(1, "call_1", "client", "pending", CallStepData(name="f"))], [], []
+    )
     assert _claim_mine(store, tenant_id, second) is None
     store.runs.cancel(tenant_id, first)
     claimed = _claim_mine(store, tenant_id, second)
@@ -474,7 +477,9 @@ def test_a_lost_lease_can_never_write_again(store: Store) -> None:
     assert store.runs.expire_owner("dead") == 1
     claimed = _claim_mine(store, tenant_id, response_id)
     assert claimed is not None and claimed[1].attempt == 2
-    row = StepRecord(0, "", "model", "completed", {"items": []})
+    row = StepRecord(
+        0, "", "model", "completed", ModelStepData(items=[], usage=StepUsage(), status="completed")
+    )
     with pytest.raises(LeaseLost):
         store.runs.commit_step(lease, [row], [], 30)
     assert store.runs.steps(tenant_id, response_id) == []
@@ -485,44 +490,46 @@ def test_a_lost_lease_can_never_write_again(store: Store) -> None:
 def test_answers_to_a_paused_run_are_all_or_nothing(store: Store) -> None:
     import time
 
-    from sre.store import approval_row
+    from sre.governance import approval_check
     from sre.types.errors import PermissionDenied
-    from sre.types.records import ApprovalRecord, StepRecord
+    from sre.types.records import ApprovalRecord, Principal, StepRecord
 
     tenant_id = tenant(store)
     response_id, lease = _enqueue(store, tenant_id, None, owner="me")
     assert lease is not None
 
-    def ask(approval_id: str, approvers: list[str]) -> dict[str, Any]:
-        return approval_row(ApprovalRecord(
+    def ask(approval_id: str, approvers: list[str]) -> ApprovalRecord:
+        return ApprovalRecord(
             tenant_id=tenant_id, id=approval_id, response_id=response_id, principal_id="p", step=1,
             call_id=approval_id, kind="approval", tool="pay", arguments="{}", approvers=approvers,
             status="pending", reason=None, decided_by=None, created_at=int(time.time()), decided_at=None,
-        ))  # fmt: skip
+        )  # fmt: skip
 
-    waiting = StepRecord(1, "call_c", "client", "pending", {})
+    alice = approval_check(Principal(tenant_id, "p", "alice", "user"))
+    boss = approval_check(Principal(tenant_id, "x", "boss", "user"))
+    waiting = StepRecord(1, "call_c", "client", "pending", CallStepData(name="c"))
     assert store.runs.pause(lease, [waiting], [], [ask("apr_a", []), ask("apr_b", ["boss"])])
-    output = StepRecord(1, "call_c", "client", "completed", {"output": {"type": "function_call_output"}})
+    output = StepRecord(
+        1, "call_c", "client", "completed", CallStepData(output={"type": "function_call_output"})
+    )
     with pytest.raises(PermissionDenied):  # the second decision is not the principal's to make
         store.approvals.answer(
             tenant_id, response_id, outputs=[output], decisions=[("apr_a", True, None), ("apr_b", True, None)],
-            principal_id="p", principal_name="alice",
+            check=alice, decided_by="alice",
         )  # fmt: skip
     assert store.approvals.get(tenant_id, "apr_a").status == "pending"  # nothing was written
     assert [s.status for s in store.runs.steps(tenant_id, response_id)] == ["pending"]
     assert not store.approvals.answer(
         tenant_id, response_id, outputs=[output], decisions=[("apr_a", True, None)],
-        principal_id="p", principal_name="alice",
+        check=alice, decided_by="alice",
     )  # fmt: skip
     assert store.runs.get(tenant_id, response_id).status == "requires_action"  # type: ignore[union-attr]
     decided, requeued = store.approvals.decide(
-        tenant_id, "apr_b", principal_id="x", principal_name="boss", approve=False, reason="no"
+        tenant_id, "apr_b", check=boss, decided_by="boss", approve=False, reason="no"
     )
     assert requeued and decided.status == "denied" and decided.decided_by == "boss"
     assert store.runs.get(tenant_id, response_id).status == "queued"  # type: ignore[union-attr]
     with pytest.raises(Conflict):
-        store.approvals.decide(
-            tenant_id, "apr_b", principal_id="x", principal_name="boss", approve=True, reason=None
-        )
+        store.approvals.decide(tenant_id, "apr_b", check=boss, decided_by="boss", approve=True, reason=None)
     assert [a.id for a in store.approvals.list(tenant_id, status="denied").data] == ["apr_b"]
     assert store.approvals.list(tenant(store)).data == []  # another tenant sees none

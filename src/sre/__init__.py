@@ -3,6 +3,7 @@
 What users import lives here; everything else is private to its layer.
 """
 
+from sre.context import Candidate, ContextSource, TurnContext
 from sre.models import ChatModel, ModelRegistry, ModelRequest
 from sre.runtime import Runtime, Settings, SyncRuntime
 from sre.tools import ToolError, ToolRegistry, tool
@@ -23,9 +24,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Caller",
+    "Candidate",
     "ChatModel",
     "ConfigError",
     "Conflict",
+    "ContextSource",
     "InvalidRequest",
     "ModelError",
     "ModelRegistry",
@@ -39,6 +42,7 @@ __all__ = [
     "SyncRuntime",
     "ToolError",
     "ToolRegistry",
+    "TurnContext",
     "Unauthenticated",
     "__version__",
     "tool",

@@ -21,9 +21,10 @@ from sre.api import errors
 from sre.api.limits import BodyLimit
 from sre.runtime import Runtime
 from sre.types.agents import MAX_AGENT_VERSION, AgentDefinition, UpdateAgent
-from sre.types.errors import SREError, Unauthenticated
+from sre.types.errors import SREError
 from sre.types.records import Caller
 from sre.types.requests import (
+    CompactResponse,
     CountInputTokens,
     CreateConversation,
     CreateEmbeddings,
@@ -36,6 +37,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[str, Query(pattern="^(asc|desc)$")]
 After = Annotated[str | None, Query(max_length=64)]
 Version = Annotated[int | None, Query(ge=1, le=MAX_AGENT_VERSION)]
+Include = Annotated[list[str] | None, Query(max_length=16)]
 
 
 class Decision(BaseModel):
@@ -105,20 +107,11 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
-    local: list[Caller] = []
 
     async def caller(request: Request) -> Caller:
         if not auth:
-            if not local:
-                local.append(runtime.local_caller())
-            return local[0]
-        header = request.headers.get("authorization", "")
-        scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Unauthenticated(
-                "You didn't provide an API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key"
-            )
-        return await runtime.authenticate(secret.strip())
+            return runtime.local_caller()
+        return await runtime.authenticate_header(request.headers.get("authorization"))
 
     Who = Annotated[Caller, Depends(caller)]
 
@@ -156,6 +149,10 @@ def create_app(
             return _event_stream(await runtime.stream_response(who, body))
         return JSONResponse(await runtime.create_response(who, body))
 
+    @app.post("/v1/responses/compact", tags=["responses"])
+    async def compact_response(body: CompactResponse, who: Who) -> dict[str, Any]:
+        return await runtime.compact_response(who, body)
+
     @app.post("/v1/responses/input_tokens", tags=["responses"])
     async def count_input_tokens(body: CountInputTokens, who: Who) -> dict[str, Any]:
         return await runtime.count_input_tokens(who, body)
@@ -178,11 +175,15 @@ def create_app(
         who: Who,
         stream: bool = False,
         starting_after: Annotated[int | None, Query(ge=-1)] = None,
+        include: Include = None,
+        include_brackets: Annotated[list[str] | None, Query(alias="include[]", max_length=16)] = None,
+        include_obfuscation: bool | None = None,
     ) -> dict[str, Any] | StreamingResponse:
         if stream:
             events = await runtime.stream_background_response(who, response_id, starting_after=starting_after)
             return _event_stream(events)
-        return await runtime.get_response(who, response_id)
+        wanted = [*(include or []), *(include_brackets or [])]
+        return await runtime.get_response(who, response_id, include=wanted)
 
     @app.post("/v1/responses/{response_id}/cancel", tags=["responses"])
     async def cancel_response(response_id: str, who: Who) -> dict[str, Any]:

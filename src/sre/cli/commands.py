@@ -39,6 +39,8 @@ app.add_typer(conversations_app, name="conversations")
 app.add_typer(agents_app, name="agents")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(db_app, name="db")
+responses_app = typer.Typer(help="Look into stored responses.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(responses_app, name="responses")
 
 DataDir = Annotated[
     Path | None,
@@ -75,18 +77,9 @@ def _open(data_dir: Path | None, database_url: str | None, config: Path | None):
     return Runtime.open(data_dir=data_dir, database_url=database_url, config=config)
 
 
-def _caller(runtime: Runtime, tenant: str | None) -> Caller:
+def _caller(runtime: Runtime, tenant: str | None, principal: str | None = None) -> Caller:
     """Act within a tenant as its `cli` service principal (or as the local user, by default)."""
-    from sre.runtime.settings import LOCAL_PRINCIPAL, LOCAL_TENANT
-    from sre.types.records import Caller
-
-    tenant_id = runtime.store.keys.find_tenant(tenant or LOCAL_TENANT)
-    if tenant_id is None:
-        raise CLIError(f"no tenant named {tenant or LOCAL_TENANT!r}")
-    principal = runtime.store.keys.ensure_principal(
-        tenant_id, LOCAL_PRINCIPAL if tenant is None else "cli", "user" if tenant is None else "service"
-    )
-    return Caller(tenant_id=tenant_id, principal_id=principal.id)
+    return runtime.tenant_caller(tenant, principal)
 
 
 def _is_loopback(host: str) -> bool:
@@ -219,7 +212,7 @@ def keys_create(
     try:
         key, secret = runtime.create_key(tenant, principal, name)
     finally:
-        runtime.store.close()
+        runtime.close()
     _say(f"Created key {key.id} for principal {principal!r} of tenant {tenant!r}. It is shown only once:")
     print(secret)
 
@@ -233,24 +226,15 @@ def keys_list(
     """List keys (never their secrets)."""
     runtime = _open(data_dir, database_url, None)
     try:
-        keys = runtime.store.keys
-        tenant_id = None
-        if tenant is not None:
-            tenant_id = keys.find_tenant(tenant)
-            if tenant_id is None:
-                raise CLIError(f"no tenant named {tenant!r}")
-        rows = keys.list_keys(tenant_id)
-        tenants = keys.tenant_names()
-        principals = keys.principal_names()
+        rows = runtime.list_keys(tenant)
     finally:
-        runtime.store.close()
+        runtime.close()
     print(f"{'ID':<37} {'TENANT':<16} {'PRINCIPAL':<16} {'NAME':<12} {'PREFIX':<13} {'CREATED':<20} STATUS")
-    for key in rows:
+    for key, tenant_name, principal_name in rows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.created_at))
         status = "revoked" if key.revoked_at else "active"
         print(
-            f"{key.id:<37} {tenants.get(key.tenant_id, '?'):<16} "
-            f"{principals.get((key.tenant_id, key.principal_id), '?'):<16} {key.name:<12} {key.prefix:<13} "
+            f"{key.id:<37} {tenant_name:<16} {principal_name:<16} {key.name:<12} {key.prefix:<13} "
             f"{created:<20} {status}"
         )
 
@@ -264,9 +248,9 @@ def keys_revoke(
     """Revoke a key; requests with it are refused from now on."""
     runtime = _open(data_dir, database_url, None)
     try:
-        key = runtime.store.keys.revoke_key(key_id)
+        key = runtime.revoke_key(key_id)
     finally:
-        runtime.store.close()
+        runtime.close()
     _say(f"Revoked key {key.id}.")
 
 
@@ -287,7 +271,7 @@ def conversations_fork(
             runtime.fork_conversation(_caller(runtime, tenant), conversation_id, at_item_id=at)
         )
     finally:
-        runtime.store.close()
+        runtime.close()
     _say(f"Forked {conversation_id}{'' if at is None else f' at {at}'}:")
     print(fork["id"])
 
@@ -306,7 +290,7 @@ def agents_list(tenant: Tenant = None, data_dir: DataDir = None, database_url: D
                 break
             after = page["last_id"]
     finally:
-        runtime.store.close()
+        runtime.close()
     print(f"{'NAME':<32} {'VERSION':>7}  {'MODEL':<24} {'CREATED':<20} TOOLS")
     for agent in rows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(str(agent["created_at"]))))
@@ -333,7 +317,7 @@ def agents_show(
     try:
         agent = asyncio.run(runtime.get_agent(_caller(runtime, tenant), name, version=version))
     finally:
-        runtime.store.close()
+        runtime.close()
     print(json.dumps(agent, indent=2, ensure_ascii=False))
 
 
@@ -349,7 +333,7 @@ def agents_delete(
     try:
         asyncio.run(runtime.delete_agent(_caller(runtime, tenant), name))
     finally:
-        runtime.store.close()
+        runtime.close()
     _say(f"Deleted agent {name}.")
 
 
@@ -375,7 +359,7 @@ def approvals_list(
                 break
             after = page["last_id"]
     finally:
-        runtime.store.close()
+        runtime.close()
     print(f"{'ID':<38} {'STATUS':<9} {'KIND':<16} {'TOOL':<24} {'RESPONSE':<38} ARGUMENTS")
     for a in rows:
         print(
@@ -386,19 +370,14 @@ def approvals_list(
 
 def _decide(approval_id: str, approve: bool, reason: str | None, who: str | None, tenant: str | None,
             data_dir: Path | None, database_url: str | None) -> None:  # fmt: skip
-    from sre.types.records import Caller
-
     runtime = _open(data_dir, database_url, None)
     try:
-        caller = _caller(runtime, tenant)
-        if who is not None:
-            principal = runtime.store.keys.ensure_principal(caller.tenant_id, who)
-            caller = Caller(tenant_id=caller.tenant_id, principal_id=principal.id)
+        caller = _caller(runtime, tenant, who)
         decided = asyncio.run(
             runtime.decide_approval(caller, approval_id, approve=approve, reason=reason, resume_here=False)
         )
     finally:
-        runtime.store.close()
+        runtime.close()
     _say(
         f"{decided['status'].capitalize()} {approval_id}; a worker resumes response {decided['response_id']}."
     )
@@ -437,24 +416,45 @@ def approvals_deny(
     _decide(approval_id, False, reason, who, tenant, data_dir, database_url)
 
 
+@responses_app.command("context")
+def responses_context(
+    response_id: Annotated[str, typer.Argument(help="The response (resp_…).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show what went into each model call of a response: every candidate, in or out and why."""
+    import json
+
+    from sre.cli.tables import manifest_table
+
+    runtime = _open(data_dir, database_url, None)
+    try:
+        manifests = asyncio.run(runtime.response_context(_caller(runtime, tenant), response_id))
+    finally:
+        runtime.close()
+    if as_json:
+        print(json.dumps(manifests, indent=2))
+        return
+    if not manifests:
+        _say(f"Response {response_id} has no context manifest (it was recorded before SRE kept them).")
+        return
+    for manifest in manifests:
+        print(manifest_table(manifest))
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Apply pending schema migrations."""
-    from sre.runtime.settings import Settings
-    from sre.store import Database, sqlite_url
+    from sre.runtime.runtime import upgrade_schema
 
-    settings = Settings.load(data_dir=data_dir, database_url=database_url)
-    db = Database(settings.database_url or sqlite_url(settings.data_dir))
-    try:
-        current, head = db.current_revision(), db.head_revision()
-        if current == head:
-            _say(f"Schema is up to date (revision {head}).")
-            return
-        _say(f"Upgrading schema from {current or 'empty'} to {head}…")
-        db.upgrade()
-        _say(f"Done: schema at revision {db.current_revision()}.")
-    finally:
-        db.dispose()
+    current, head, after = upgrade_schema(data_dir=data_dir, database_url=database_url)
+    if current == head:
+        _say(f"Schema is up to date (revision {head}).")
+        return
+    _say(f"Upgrading schema from {current or 'empty'} to {head}…")
+    _say(f"Done: schema at revision {after}.")
 
 
 def run(argv: list[str] | None = None) -> int:

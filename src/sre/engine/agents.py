@@ -16,6 +16,7 @@ from typing import Any
 from sre.store import Store
 from sre.types.agents import MAX_AGENT_VERSION, NAME_PATTERN, AgentDefinition
 from sre.types.errors import InvalidRequest, NotFound
+from sre.types.lists import list_object
 from sre.types.records import AgentVersion, Page
 from sre.types.requests import CreateResponse, FunctionToolParam
 
@@ -103,26 +104,14 @@ def agent_object(record: AgentVersion) -> dict[str, Any]:
         "limits": definition.limits.model_dump(),
         "approval": definition.approval.model_dump(),
         "concurrency": definition.concurrency,
+        "context": definition.context.model_dump(),
+        "compaction_model": definition.compaction_model,
     }
 
 
 def agent_list(page: Page) -> dict[str, Any]:
-    data = [agent_object(record) for record in page.data]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": page.has_more,
-    }
+    return list_object([agent_object(record) for record in page.data], page.has_more)
 
 
 def agent_version_list(page: Page) -> dict[str, Any]:
-    data = [agent_object(record) for record in page.data]
-    return {
-        "object": "list",
-        "data": data,
-        "first_version": data[0]["version"] if data else None,
-        "last_version": data[-1]["version"] if data else None,
-        "has_more": page.has_more,
-    }
+    return list_object([agent_object(record) for record in page.data], page.has_more, cursor="version")

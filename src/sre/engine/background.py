@@ -20,55 +20,53 @@ from collections.abc import AsyncIterator, Coroutine
 from functools import partial
 from typing import Any
 
-from sre.engine.journal import LOST, RunCheckpoint, output_item
-from sre.engine.runs import PAUSE_STATUS, RunEngine
+from sre.engine.journal import LOST, Journal, RunCheckpoint, output_item
+from sre.engine.runs import RunEngine
 from sre.engine.shapes import stored_response_object
-from sre.engine.turn import FINAL_EVENT, PreparedTurn, TurnEngine
+from sre.engine.turn import PreparedTurn, TurnEngine
 from sre.engine.workers import worker_id
-from sre.store import LeaseLost, Store
-from sre.store.approvals import may_decide
-from sre.types.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, SREError
+from sre.store import DecisionCheck, LeaseLost, Store
+from sre.types.errors import Conflict, InvalidRequest, NotFound, SREError
 from sre.types.records import Caller, Lease, RunRecord, StepRecord
 from sre.types.requests import CreateResponse
+from sre.types.status import CANCELLED, FAILED, FINAL_EVENT, FINAL_TYPES, QUEUED, REQUIRES_ACTION, TERMINAL
+from sre.types.steps import CallStepData, RunPayload
 
 log = logging.getLogger("sre.background")
 
-FINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
-TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
 MAX_ATTEMPTS = 5  # a run whose step keeps dying (a crash it causes, say) fails instead of looping
 FOLLOW_INTERVAL = 0.05  # seconds between reads of the event log while following a run
 CANCEL_WAIT = 5.0  # how long a cancel request waits for the worker to stop a running run
-PAYLOAD_VERSION = 2
 
 
 class BackgroundRuns:
-    def __init__(self, store: Store, turns: TurnEngine, *, lease_seconds: float) -> None:
+    def __init__(self, store: Store, turns: TurnEngine, engine: RunEngine, *, lease_seconds: float) -> None:
         self.store = store
         self.turns = turns
         self.lease_seconds = lease_seconds
-        self.engine = RunEngine(store, lease_seconds)
+        self.engine = engine
         self.inline_owner = worker_id("inline")
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- starting -------------------------------------------------------------------------------
 
-    def _payload(self, turn: PreparedTurn) -> dict[str, Any]:
-        request = turn.request.model_dump(mode="json", exclude_none=True)
+    def _payload(self, turn: PreparedTurn) -> RunPayload:
+        # The request as the client sent it: a worker prepares it again, folding the agent in.
+        request = turn.original.model_dump(mode="json", exclude_none=True)
         if turn.agent is not None:  # a resumed run keeps the agent version it started with
             request["model"] = f"agent:{turn.agent.name}@{turn.agent.version}"
-        return {
-            "version": PAYLOAD_VERSION,
-            "request": request,
-            "reported_model": turn.reported_model,
-            "agent": turn.body.get("agent"),
-            "response": turn.snapshot("queued", []),
-        }
+        return RunPayload(
+            request=request,
+            reported_model=turn.reported_model,
+            agent=turn.body.get("agent"),
+            response=turn.snapshot(QUEUED, []),
+        )
 
     async def start(self, turn: PreparedTurn, *, inline: bool) -> Lease | None:
         """Store the run (applying its conversation's concurrency policy); with `inline`, claim it for
         this process when it can start at once and return the lease."""
         payload = self._payload(turn)
-        first = {"type": "response.queued", "response": payload["response"], "sequence_number": 0}
+        first = {"type": "response.queued", "response": payload.response, "sequence_number": 0}
         policy = turn.definition.concurrency if turn.definition is not None else "enqueue"
         caller = turn.caller
         return await asyncio.to_thread(
@@ -89,7 +87,7 @@ class BackgroundRuns:
     async def enqueue(self, turn: PreparedTurn) -> dict[str, Any]:
         """Queue a background run for the workers and return its response object, status queued."""
         await self.start(turn, inline=False)
-        return turn.snapshot("queued", [])
+        return turn.snapshot(QUEUED, [])
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -144,7 +142,7 @@ class BackgroundRuns:
                     return
             if not batch:
                 current = await asyncio.to_thread(self.store.runs.get, caller.tenant_id, response_id)
-                if current is None or current.status in TERMINAL or current.status == PAUSE_STATUS:
+                if current is None or current.status in TERMINAL or current.status == REQUIRES_ACTION:
                     for event in await asyncio.to_thread(
                         self.store.runs.events_after, caller.tenant_id, response_id, after
                     ):
@@ -184,8 +182,10 @@ class BackgroundRuns:
         self, lease: Lease, turn: PreparedTurn | None, sink: asyncio.Queue[Any]
     ) -> None:
         try:
-            run = await asyncio.to_thread(self.store.runs.get, lease.tenant_id, lease.response_id)
-            assert run is not None
+            run: RunRecord | None = None
+            if turn is None or lease.attempt != 1:  # else it was enqueued a moment ago: nothing to read
+                run = await asyncio.to_thread(self.store.runs.get, lease.tenant_id, lease.response_id)
+                assert run is not None
             await self.execute(run, lease, turn=turn, sink=sink)
         except Exception:
             log.exception("run %s failed inline", lease.response_id)
@@ -197,7 +197,7 @@ class BackgroundRuns:
 
     def _unfinished_object(self, run: RunRecord) -> dict[str, Any]:
         """The response object of a run that has no committed response (yet, or ever)."""
-        if run.status in TERMINAL or run.status == PAUSE_STATUS:
+        if run.status in TERMINAL or run.status == REQUIRES_ACTION:
             events = self.store.runs.events_after(run.tenant_id, run.response_id, -1, limit=100_000)
             finals = [e for e in events if e["type"] in FINAL_TYPES]
             if finals:
@@ -208,7 +208,7 @@ class BackgroundRuns:
             with contextlib.suppress(NotFound):
                 record = self.store.responses.get(run.tenant_id, run.response_id)
                 return stored_response_object(record, self.store.responses.output_items(record))
-        return {**run.request["response"], "status": run.status}
+        return {**run.payload.response, "status": run.status}
 
     def response_object(self, tenant_id: str, response_id: str) -> dict[str, Any] | None:
         """A run's response object while it has no committed response; None if it has one or is no
@@ -244,7 +244,7 @@ class BackgroundRuns:
                     return
             if not batch:
                 current = await asyncio.to_thread(self.store.runs.get, tenant_id, response_id)
-                if current is None or current.status in TERMINAL or current.status == PAUSE_STATUS:
+                if current is None or current.status in TERMINAL or current.status == REQUIRES_ACTION:
                     # Its final event is committed with its status: read once more, then stop.
                     for event in await asyncio.to_thread(
                         self.store.runs.events_after, tenant_id, response_id, after
@@ -267,7 +267,7 @@ class BackgroundRuns:
                 code="response_not_cancellable",
             )
         run = await asyncio.to_thread(self.store.runs.cancel, tenant_id, response_id)
-        if run.status == "queued":  # flagged and queued to end: end it here unless a worker is quicker
+        if run.status == QUEUED:  # flagged and queued to end: end it here unless a worker is quicker
             await self._drain(caller, response_id)
         deadline = time.monotonic() + CANCEL_WAIT
         while True:
@@ -283,7 +283,9 @@ class BackgroundRuns:
 
     # -- resuming a paused run --------------------------------------------------------------------
 
-    async def resume(self, caller: Caller, run: RunRecord, raw_input: object, principal_name: str) -> None:
+    async def resume(
+        self, caller: Caller, run: RunRecord, raw_input: object, check: DecisionCheck, decided_by: str
+    ) -> None:
         """Apply a client's `function_call_output` and `mcp_approval_response` items to a paused run.
         Everything is checked before anything is written; the run is queued again once nothing is
         pending."""
@@ -323,7 +325,9 @@ class BackgroundRuns:
                     )
                 result = output_item(call_id, output)
                 outputs.append(
-                    StepRecord(waiting[call_id].step, call_id, "client", "completed", {"output": result})
+                    StepRecord(
+                        waiting[call_id].step, call_id, "client", "completed", CallStepData(output=result)
+                    )
                 )
             elif kind == "mcp_approval_response":
                 approval_id, approve = item.get("approval_request_id"), item.get("approve")
@@ -342,11 +346,7 @@ class BackgroundRuns:
                     raise InvalidRequest(
                         f"Invalid type for '{where}.reason': expected a string.", param=f"{where}.reason"
                     )
-                if not may_decide(open_approvals[approval_id], caller.principal_id, principal_name):
-                    raise PermissionDenied(
-                        f"Principal '{principal_name}' may not decide approval '{approval_id}'.",
-                        code="not_an_approver",
-                    )
+                check(open_approvals[approval_id])
                 decisions.append((approval_id, approve, reason))
             else:
                 raise InvalidRequest(
@@ -368,8 +368,8 @@ class BackgroundRuns:
                 run.response_id,
                 outputs=outputs,
                 decisions=decisions,
-                principal_id=caller.principal_id,
-                principal_name=principal_name,
+                check=check,
+                decided_by=decided_by,
             )
         )
 
@@ -377,19 +377,22 @@ class BackgroundRuns:
 
     async def execute(
         self,
-        run: RunRecord,
+        run: RunRecord | None,
         lease: Lease,
         *,
         turn: PreparedTurn | None = None,
         sink: asyncio.Queue[Any] | None = None,
     ) -> None:
-        """Continue the claimed run from its journal, renewing the lease meanwhile."""
+        """Continue the claimed run from its journal, renewing the lease meanwhile (`run` None: a run
+        this process enqueued a moment ago with `turn`, which has no journal yet)."""
         heartbeat = asyncio.create_task(self._heartbeat(lease))
         try:
             await self._execute(run, lease, turn, sink)
         except LeaseLost:
             log.warning(
-                "lost the lease of run %s (attempt %d); another worker has it", run.response_id, lease.attempt
+                "lost the lease of run %s (attempt %d); another worker has it",
+                lease.response_id,
+                lease.attempt,
             )
             if sink is not None:
                 sink.put_nowait(LOST)
@@ -412,16 +415,20 @@ class BackgroundRuns:
                 log.warning("heartbeat of run %s failed: %s", lease.response_id, exc)
 
     async def _execute(
-        self, run: RunRecord, lease: Lease, turn: PreparedTurn | None, sink: asyncio.Queue[Any] | None
+        self, run: RunRecord | None, lease: Lease, turn: PreparedTurn | None, sink: asyncio.Queue[Any] | None
     ) -> None:
-        checkpoint = RunCheckpoint(self.store, lease, self.lease_seconds, sink, eager=run.background)
-        payload = run.request
+        background = run.background if run is not None else bool(turn is not None and turn.request.background)
+        checkpoint = RunCheckpoint(self.store, lease, self.lease_seconds, sink, eager=background)
+        if run is None:
+            assert turn is not None
+            await self.engine.execute(turn, checkpoint, Journal())
+            return
+        payload = run.payload
         caller = Caller(tenant_id=run.tenant_id, principal_id=run.principal_id)
 
         async def end(status: str, extra: dict[str, Any]) -> None:
-            response = {**payload["response"], "status": status, **extra}
-            final_type = "response.failed" if status == "failed" else "response.incomplete"
-            final = checkpoint.emit({"type": final_type, "response": response}, announce=False)
+            response = {**payload.response, "status": status, **extra}
+            final = checkpoint.emit({"type": FINAL_EVENT[status], "response": response}, announce=False)
             await asyncio.to_thread(self.store.runs.finish, lease, status, checkpoint.take())
             checkpoint.announce(final)
 
@@ -431,23 +438,28 @@ class BackgroundRuns:
                     f"the run was started {lease.attempt - 1} times and never finished", code="server_error"
                 )
             if turn is None:
-                turn = await self.turns.prepare(caller, CreateResponse.model_validate(payload["request"]))
+                turn = await self.turns.prepare(caller, CreateResponse.model_validate(payload.request))
                 turn.response_id = run.response_id
-                turn.created_at = payload["response"]["created_at"]
-                turn.reported_model = payload.get("reported_model")
-                if payload.get("agent") is not None:
-                    turn.body["agent"] = payload["agent"]
+                turn.created_at = payload.response["created_at"]
+                turn.reported_model = payload.reported_model
+                if payload.agent is not None:
+                    turn.body["agent"] = payload.agent
         except SREError as exc:  # the request no longer holds (a deleted conversation, say)
             if run.cancel_requested:
-                await end("cancelled", {})
+                await end(CANCELLED, {})
                 return
             error = {"code": exc.code or exc.error_type, "message": exc.message}
-            await end("failed", {"error": error})
+            await end(FAILED, {"error": error})
             return
+        rows = (
+            []
+            if lease.attempt == 1
+            else await asyncio.to_thread(self.store.runs.steps, lease.tenant_id, lease.response_id)
+        )
         # A run cancelled while paused or while its last worker was dying starts no step: the engine
         # only ends it (keeping what its tools did).
         checkpoint.cancel = run.cancel_requested
-        await self.engine.execute(turn, checkpoint)
+        await self.engine.execute(turn, checkpoint, Journal.of(rows))
 
     async def aclose(self) -> None:
         """Let inline runs reach their next commit, up to a bound, then cancel (their leases are let go)."""

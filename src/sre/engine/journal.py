@@ -1,10 +1,13 @@
-"""A durable run's state between commits: its journal as read back, and one attempt's events.
+"""A turn's state between commits: its journal, and the ledger its events and commits go through.
 
-`Journal` is what a run's committed steps say: model steps by number, tool results by (step, call
-id), from which the transcript so far is rebuilt on every attempt. `RunCheckpoint` numbers an
-attempt's events, buffers them until the next commit (or a flush while the model streams) and copies
-them to a waiting client in this process, if any; a final event reaches that client only after its
-commit. No SQL here: the store does the writing.
+`Journal` is what a turn's steps say: model steps by number, tool and client calls by (step, call
+id), the compaction made for its context, and the model call records still to commit; from it the
+transcript so far is rebuilt on every attempt. A `Ledger` is where a turn's events and commits go:
+`RunCheckpoint` for a durable run (events numbered from the lease, buffered until the next commit or
+flush and copied to a waiting client in this process; commits through the store's run repository),
+`TurnLedger` for a plain turn (events straight to the waiting client; one commit, at the end). For
+both, a final event reaches the client only after its commit. No SQL here: the store does the
+writing.
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from sre.store import Store
+from sre.context.compaction import CompactionResult
+from sre.store import Store, TurnCommit
+from sre.types.errors import SREError
 from sre.types.ids import new_id
-from sre.types.records import Lease, ModelCallRecord, StepRecord
+from sre.types.items import ITEM_ADAPTER, Compaction, read_compaction
+from sre.types.records import ApprovalRecord, Lease, ModelCallRecord, StepRecord
+from sre.types.status import FINAL_TYPES
+from sre.types.steps import CallStepData, CompactionStepData, ModelStepData, StepUsage
 
 
 def output_item(call_id: str, output: str) -> dict[str, Any]:
@@ -31,13 +40,33 @@ def output_item(call_id: str, output: str) -> dict[str, Any]:
     }
 
 
-FLUSH_INTERVAL = 0.05  # seconds: a foreground run's streamed events are persisted at most this often
+FLUSH_INTERVAL = 0.05  # seconds: a background run's streamed events are persisted at most this often
 LOST = object()  # put on a sink when the run's lease was lost: its watcher follows the event log
+DONE = object()  # put on a plain turn's queue when it has ended
+
+
+class Ledger(Protocol):
+    """Where a turn's events and commits go."""
+
+    durable: bool
+    cancel: bool  # a cancel was asked for: the turn ends at its next chunk or step
+
+    def emit(self, event: dict[str, Any], *, announce: bool = True) -> dict[str, Any]: ...
+    def announce(self, event: dict[str, Any]) -> None: ...
+    async def after_chunk(self) -> bool: ...
+    async def commit_step(
+        self, rows: Sequence[StepRecord], calls: Sequence[ModelCallRecord], cursor: int | None
+    ) -> None: ...
+    async def pause(self, waiting: Sequence[StepRecord], asks: Sequence[ApprovalRecord]) -> bool: ...
+    async def finish(self, commit: TurnCommit, final: dict[str, Any], error: SREError | None) -> None: ...
 
 
 class RunCheckpoint:
-    """One attempt's events: numbered, buffered until the next commit or flush, and copied to an
-    in-process sink (a waiting client) when there is one."""
+    """A durable run's ledger for one attempt: events numbered from the lease, buffered until the next
+    commit (or a flush while the model streams), and copied to an in-process sink (a waiting client)
+    when there is one."""
+
+    durable = True
 
     def __init__(
         self,
@@ -55,8 +84,9 @@ class RunCheckpoint:
         self.pending: list[dict[str, Any]] = []
         self.sink = sink
         self.cancel = False
-        # Eager: every chunk is persisted at once, for clients following from other processes (a
-        # background run's). Otherwise at most every FLUSH_INTERVAL: the waiting client has the sink.
+        # Eager (a background run, which clients may follow from any process): every chunk's events
+        # are persisted at once. Otherwise the waiting client has the sink, and only the events a
+        # step commits are kept: what another process needs to follow the run after a takeover.
         self.eager = eager
         self._flushed = time.monotonic()
 
@@ -65,7 +95,8 @@ class RunCheckpoint:
         `announce` once its commit is done, so no client hears of a state before it is stored."""
         numbered = {**event, "sequence_number": self.sequence}
         self.sequence += 1
-        self.pending.append(numbered)
+        if self.eager or not announce or not event["type"].endswith(".delta"):
+            self.pending.append(numbered)
         if announce and self.sink is not None:
             self.sink.put_nowait(numbered)
         return numbered
@@ -80,21 +111,89 @@ class RunCheckpoint:
 
     async def after_chunk(self) -> bool:
         """Persist the streamed events now and then (renewing the lease); say whether to cancel."""
-        if self.eager or time.monotonic() - self._flushed >= FLUSH_INTERVAL:
+        if time.monotonic() - self._flushed >= (0.0 if self.eager else FLUSH_INTERVAL):
             self._flushed = time.monotonic()
             self.cancel = await asyncio.to_thread(
                 self.store.runs.append_events, self.lease, self.take(), self.lease_seconds
             )
         return self.cancel
 
+    async def commit_step(
+        self, rows: Sequence[StepRecord], calls: Sequence[ModelCallRecord], cursor: int | None
+    ) -> None:
+        cancel = await asyncio.to_thread(
+            lambda: self.store.runs.commit_step(
+                self.lease, rows, self.take(), self.lease_seconds, model_calls=calls, cursor=cursor
+            )
+        )
+        self.cancel = cancel or self.cancel
+
+    async def pause(self, waiting: Sequence[StepRecord], asks: Sequence[ApprovalRecord]) -> bool:
+        return await asyncio.to_thread(self.store.runs.pause, self.lease, waiting, self.take(), asks)
+
+    async def finish(self, commit: TurnCommit, final: dict[str, Any], error: SREError | None) -> None:
+        from dataclasses import replace
+
+        await asyncio.to_thread(
+            self.store.responses.commit_turn, replace(commit, run=(self.lease, self.take()))
+        )
+        self.announce(final)
+
+
+class TurnLedger:
+    """A plain turn's ledger: no run row, no journal in the store. Events go to the waiting client
+    (only the final one unless it streams); the turn commits once, at its end."""
+
+    durable = False
+
+    def __init__(self, store: Store, queue: asyncio.Queue[Any], *, events: bool) -> None:
+        self.store = store
+        self.queue = queue
+        self.events = events
+        self.sequence = 0
+        self.cancel = False
+
+    def emit(self, event: dict[str, Any], *, announce: bool = True) -> dict[str, Any]:
+        if not self.events and event["type"] not in FINAL_TYPES:
+            return event
+        numbered = {**event, "sequence_number": self.sequence}
+        self.sequence += 1
+        if announce:
+            self.queue.put_nowait(numbered)
+        return numbered
+
+    def announce(self, event: dict[str, Any]) -> None:
+        self.queue.put_nowait(event)
+
+    async def after_chunk(self) -> bool:
+        return False
+
+    async def commit_step(
+        self, rows: Sequence[StepRecord], calls: Sequence[ModelCallRecord], cursor: int | None
+    ) -> None:
+        raise AssertionError("a plain turn has one step, committed with its end")
+
+    async def pause(self, waiting: Sequence[StepRecord], asks: Sequence[ApprovalRecord]) -> bool:
+        raise AssertionError("a plain turn never pauses: its client-side calls end it")
+
+    async def finish(self, commit: TurnCommit, final: dict[str, Any], error: SREError | None) -> None:
+        await asyncio.to_thread(self.store.responses.commit_turn, commit)
+        self.announce(final)
+        if error is not None and not self.events:
+            self.queue.put_nowait(error)  # a client waiting for the object hears of the failure
+
 
 @dataclass
 class Journal:
-    """What a run's committed steps say: model steps by number, tool results by (step, call id)."""
+    """What a turn's committed steps say: model steps by number, calls by (step, call id), the
+    compaction made for its context; and the model call records still to commit (a final step's,
+    a compaction's), which go with the next commit."""
 
     model: dict[int, StepRecord] = field(default_factory=dict)
     calls: dict[tuple[int, str], StepRecord] = field(default_factory=dict)
-    last_call: ModelCallRecord | None = None  # a final model step's record, committed with the end
+    compaction: StepRecord | None = None
+    uncommitted: list[StepRecord] = field(default_factory=list)
+    unrecorded: list[ModelCallRecord] = field(default_factory=list)
 
     @classmethod
     def of(cls, rows: list[StepRecord]) -> Journal:
@@ -102,27 +201,53 @@ class Journal:
         for row in rows:
             if row.kind == "model":
                 journal.model[row.step] = row
+            elif row.kind == "compaction":
+                journal.compaction = row
             else:
                 journal.calls[(row.step, row.call_id)] = row
         return journal
 
-    def last_model(self) -> StepRecord | None:
-        return self.model[max(self.model)] if self.model else None
+    def model_data(self, step: int) -> ModelStepData:
+        data = self.model[step].data
+        assert isinstance(data, ModelStepData)
+        return data
+
+    def last_model(self) -> tuple[int, ModelStepData] | None:
+        if not self.model:
+            return None
+        step = max(self.model)
+        return step, self.model_data(step)
 
     def result(self, step: int, call_id: str) -> dict[str, Any] | None:
         row = self.calls.get((step, call_id))
         if row is None or row.status != "completed":
             return None
-        output: dict[str, Any] = row.data["output"]
-        return output
+        assert isinstance(row.data, CallStepData)
+        return row.data.output
+
+    def made_compaction(self) -> CompactionResult | None:
+        """The compaction this turn made for its context, as the assembler uses it."""
+        if self.compaction is None:
+            return None
+        data = self.compaction.data
+        assert isinstance(data, CompactionStepData)
+        item = ITEM_ADAPTER.validate_python(data.item)
+        assert isinstance(item, Compaction)
+        read = read_compaction(item.encrypted_content)
+        through = read[2] if read is not None and read[2] is not None else 0
+        return CompactionResult(item=item, through_seq=through)
 
     def transcript(self, close: str | None = None) -> list[dict[str, Any]]:
-        """The run's output items so far: each model step's items, then its calls' outputs in order.
-        With `close` (why the run ends), a call that never ran gets an output saying so, so the
-        conversation holds no call without its output."""
+        """The turn's output items so far: its compaction item, each model step's items, then its
+        calls' outputs in order. With `close` (why the turn ends), a call that never ran gets an
+        output saying so, so the conversation holds no call without its output."""
         out: list[dict[str, Any]] = []
+        if self.compaction is not None:
+            data = self.compaction.data
+            assert isinstance(data, CompactionStepData)
+            out.append(data.item)
         for number in sorted(self.model):
-            items = self.model[number].data["items"]
+            items = self.model_data(number).items
             out.extend(items)
             for item in items:
                 if item["type"] == "function_call":
@@ -137,11 +262,8 @@ class Journal:
     def tool_calls_done(self) -> int:
         return sum(1 for row in self.calls.values() if row.kind == "tool" and row.status == "completed")
 
-    def usage(self) -> tuple[int, int, int, bool]:
-        totals = [0, 0, 0]
-        exact = True
-        for row in self.model.values():
-            used = row.data["usage"]
-            totals = [a + b for a, b in zip(totals, used[:3], strict=True)]
-            exact = exact and bool(used[3])
-        return totals[0], totals[1], totals[2], exact
+    def usage(self) -> StepUsage:
+        total = StepUsage()
+        for number in self.model:
+            total = total + self.model_data(number).usage
+        return total

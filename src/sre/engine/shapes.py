@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sre.types.lists import list_object
 from sre.types.records import ResponseRecord, StoredItem
 
 
@@ -87,11 +88,4 @@ def conversation_object(conv_id: str, created_at: int, metadata: dict[str, str])
 
 
 def item_list(items: Sequence[StoredItem], has_more: bool) -> dict[str, Any]:
-    data = [item.data for item in items]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return list_object([item.data for item in items], has_more)

@@ -1,111 +1,161 @@
-"""One turn of a stateful conversation over a stateless model.
+"""A turn, prepared: the request validated and everything it needs read, before anything is written.
 
-`prepare` validates the request and reads what the turn needs (the agent it names, if any, with its
-tools, the previous response or the conversation, and the newest items that fit the model's window);
-it writes nothing and raises a clear error for anything wrong. A durable turn (background, or an
-agent's) then goes to the run engine (`sre.engine.runs`). A plain turn is one model call: `start`
-drives the model in a task of its own, so a client that goes away does not lose the turn, and
-commits the turn's input, output, response and model call record in one transaction before
-announcing completion.
+`TurnEngine.prepare` checks the request, folds in the agent it names (its model, instructions, tools
+and context policy), resolves the model and the server-side tools, reads the previous response or the
+conversation's newest items (down to its newest compaction item) and assembles the first model call's
+context once, so a turn that cannot fit the model's window is a 400 before anything is stored. It
+raises a clear error for anything wrong. The `PreparedTurn` then runs through the run engine
+(`sre.engine.runs`): durably (background, or an agent's stored turn) or as a plain turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sre.context import (
+    AssembledContext,
+    CompactionResult,
+    ContextAssembler,
+    ContextDefaults,
+    ContextRequest,
+    TurnContext,
+    output_reserve,
+    summary_message,
+    turn_policy,
+)
 from sre.engine.agents import apply_agent, load_agent, parse_agent_ref
-from sre.engine.assembler import Assembler, Event
-from sre.engine.shapes import response_object, usage_object
-from sre.models.base import ChatModel, FunctionTool, ModelRequest
+from sre.engine.shapes import response_object
+from sre.models.base import ChatModel, FunctionTool, ModelRequest, tool_dicts
 from sre.models.config import ModelRegistry
 from sre.store import Store, TurnCommit
 from sre.tools.catalog import BoundTool, ToolCatalog
-from sre.tools.registry import ToolRegistry
 from sre.types.agents import AgentDefinition
-from sre.types.errors import InvalidRequest, ModelError, SREError
+from sre.types.context import ContextPolicy
+from sre.types.errors import InvalidRequest
 from sre.types.ids import new_id
 from sre.types.items import (
+    ID_PREFIX,
+    AnyItem,
+    Compaction,
     FunctionCall,
     FunctionCallOutput,
-    Message,
-    estimate_tokens,
-    item_from_json,
+    ModelItem,
     parse_input_items,
 )
-from sre.types.records import AgentVersion, Caller, Lease, ModelCallRecord, ResponseRecord, Window
+from sre.types.records import AgentVersion, Caller, ResponseRecord, Window
 from sre.types.requests import CreateResponse
-
-AnyItem = Message | FunctionCall | FunctionCallOutput
-_DONE = object()
-FINAL_EVENT = {
-    "completed": "response.completed",
-    "incomplete": "response.incomplete",
-    "failed": "response.failed",
-    # The Responses API has no `response.cancelled` event: a cancelled run ends with
-    # `response.incomplete` whose response has status "cancelled" (the openai client parses it).
-    "cancelled": "response.incomplete",
-}
+from sre.types.status import CANCELLED, FAILED
 
 
 @dataclass
 class PreparedTurn:
     caller: Caller
-    request: CreateResponse
+    request: CreateResponse  # the agent's definition folded in
     model: ChatModel
-    input_items: list[AnyItem]
+    input_items: list[AnyItem]  # ids assigned
     previous: ResponseRecord | None
     window: Window
-    model_request: ModelRequest
     body: dict[str, Any]
+    policy: ContextPolicy
+    tools: list[FunctionTool]  # what the model is offered: client-side functions, then server-side
+    original: CreateResponse  # as the client sent it (what a durable run is queued with)
     response_id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
     reported_model: str | None = None  # what the response says it ran on ("agent:NAME"), if not the model
     completed_at: int | None = None
-    counted: tuple[int, int, int, bool] | None = None  # input, cached, output tokens, exact
     agent: AgentVersion | None = None
     definition: AgentDefinition | None = None  # the agent's, when the request names one
-    tools: dict[str, BoundTool] = field(default_factory=dict)  # the server-side tools it may call
+    bound: dict[str, BoundTool] = field(default_factory=dict)  # the server-side tools it may call
+    request_instructions: str | None = None  # the request's own, before the agent's were folded in
+    compaction_model: ChatModel | None = None  # set when the policy compacts
+    prepared: AssembledContext | None = None  # the first call's context, assembled by `prepare`
 
     @property
     def durable(self) -> bool:
-        """Run by the run engine (journal, lease, steps) rather than as one model call: background
-        runs, and stored turns of an agent."""
+        """Run by the run engine durably (journal, lease, steps) rather than as one model call:
+        background runs, and stored turns of an agent."""
         return bool(self.request.background) or (self.definition is not None and self.request.store)
 
     @property
     def model_label(self) -> str:
         return self.reported_model or self.model.name
 
-    def manifest(self) -> dict[str, Any]:
-        """What went into a model call of this turn: the window read from the store, and the rest."""
-        window = self.window
-        return {
-            "window": {
-                "first_item_id": window.items[0].id if window.items else None,
-                "last_item_id": window.items[-1].id if window.items else None,
-                "items": len(window.items),
-                "tokens": window.tokens,
-                "older_items_dropped": window.truncated,
-            },
-            "input_items": len(self.input_items),
-            "instructions_chars": len(self.request.instructions or ""),
-        }
+    @property
+    def agent_instructions(self) -> str | None:
+        return self.definition.instructions if self.definition is not None else None
+
+    def context_of(self, run_items: list[ModelItem], step: int) -> TurnContext:
+        return TurnContext(
+            caller=self.caller,
+            agent=self.agent,
+            definition=self.definition,
+            conversation_id=self.request.conversation_id,
+            window=self.window,
+            input_items=self.input_items,
+            run_items=run_items,
+            agent_instructions=self.agent_instructions,
+            request_instructions=self.request_instructions,
+            now=time.time(),
+            step=step,
+            counter=self.model.prompt_counter(),
+        )
+
+    async def assemble(
+        self,
+        context: ContextAssembler,
+        run_items: list[ModelItem],
+        step: int,
+        made: CompactionResult | None,
+        *,
+        check: bool = False,
+    ) -> AssembledContext:
+        """A model call's context: the prepared one for a first call that nothing has changed since,
+        else assembled now (compacting when the policy says so, unless this is `prepare`'s check)."""
+        if self.prepared is not None and not run_items and made is None and self.compaction_model is None:
+            return self.prepared
+        truncation = self.request.truncation or "disabled"
+        if check and self.compaction_model is not None:
+            truncation = "auto"  # the step will compact; nothing to refuse yet
+        request = ContextRequest(
+            model=self.model,
+            policy=self.policy,
+            max_output_tokens=self.request.max_output_tokens,
+            tools=self.tools,
+            truncation=truncation,
+            compaction_model=None if check else self.compaction_model,
+            response_id=self.response_id,
+            made=made,
+        )
+        return await context.assemble(self.context_of(run_items, step), request)
+
+    def model_request(self, items: list[ModelItem], instructions: str | None) -> ModelRequest:
+        request = self.request
+        return ModelRequest(
+            items=items,
+            instructions=instructions,
+            tools=self.tools,
+            tool_choice=request.tool_choice.model_dump()
+            if request.tool_choice is not None and not isinstance(request.tool_choice, str)
+            else request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_output_tokens=request.max_output_tokens,
+        )
 
     def commit(
         self,
         status: str,
         output: list[AnyItem],
         *,
-        model_call: ModelCallRecord | None,
-        run: tuple[Lease, list[dict[str, Any]]] | None = None,
+        model_calls: list[Any],
         keep: bool | None = None,
     ) -> TurnCommit:
         """The turn's one transaction: its items (by default kept unless it failed or was cancelled),
-        response and model call, and for a durable run its end."""
+        response and model calls (a durable run's ledger adds the run's end)."""
         return TurnCommit(
             tenant_id=self.caller.tenant_id,
             principal_id=self.caller.principal_id,
@@ -114,15 +164,14 @@ class PreparedTurn:
             status=status,
             body=self.body,
             created_at=self.created_at,
-            completed_at=self.completed_at if status != "failed" else None,
+            completed_at=self.completed_at if status != FAILED else None,
             conversation_id=self.request.conversation_id,
             previous=self.previous,
             input_items=self.input_items,
             output_items=output,
             store=self.request.store,
-            keep_items=status not in ("failed", "cancelled") if keep is None else keep,
-            model_call=model_call,
-            run=run,
+            keep_items=status not in (FAILED, CANCELLED) if keep is None else keep,
+            model_calls=model_calls,
         )
 
     def snapshot(
@@ -160,19 +209,6 @@ def _body(request: CreateResponse) -> dict[str, Any]:
     }
 
 
-def count_usage(model: ChatModel, request: ModelRequest, assembler: Assembler) -> tuple[int, int, int, bool]:
-    """Input, cached and output tokens of one model call, and whether they are exact: the
-    upstream's report if it sent one, else the model's tokenizer, else an estimate."""
-    usage = assembler.usage
-    if usage is not None:
-        return usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.exact
-    counted = model.count_tokens(request)
-    tokenizer = model.tokenizer()
-    text = assembler.output_text()
-    output = tokenizer.count(text) if tokenizer is not None else (len(text) + 3) // 4
-    return counted.tokens, 0, output, counted.exact
-
-
 def _check_tool_outputs(items: list[AnyItem], window: Window) -> None:
     """Every function_call_output must answer a function call the model made (OpenAI's rule)."""
     known = {i.data.get("call_id") for i in window.items if i.type == "function_call"}
@@ -186,12 +222,27 @@ def _check_tool_outputs(items: list[AnyItem], window: Window) -> None:
             )
 
 
+def _with_ids(items: list[AnyItem]) -> list[AnyItem]:
+    """The input with the ids it will be stored under (a manifest and a cut marker name them)."""
+    return [
+        item if item.id else item.model_copy(update={"id": new_id(ID_PREFIX[item.type])}) for item in items
+    ]
+
+
 class TurnEngine:
-    def __init__(self, store: Store, models: ModelRegistry, tools: ToolCatalog | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        models: ModelRegistry,
+        tools: ToolCatalog,
+        context: ContextAssembler,
+        defaults: ContextDefaults | None = None,
+    ) -> None:
         self.store = store
         self.models = models
-        self.tools = tools if tools is not None else ToolCatalog(ToolRegistry())
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tools = tools
+        self.context = context
+        self.defaults = defaults if defaults is not None else ContextDefaults()
 
     async def prepare(self, caller: Caller, request: CreateResponse) -> PreparedTurn:
         if request.background and not request.store:
@@ -203,13 +254,14 @@ class TurnEngine:
             raise InvalidRequest(
                 "'previous_response_id' and 'conversation' cannot be used together.", param="conversation"
             )
+        original = request
         ref = parse_agent_ref(request.model)
         agent: AgentVersion | None = None
         definition: AgentDefinition | None = None
         bound: dict[str, BoundTool] = {}
         if ref is not None:  # an agent's turn is a plain request once its definition is folded in
-            loaded, found = await asyncio.to_thread(load_agent, self.store, caller.tenant_id, ref)
-            agent, definition = loaded, found
+            agent, found = await asyncio.to_thread(load_agent, self.store, caller.tenant_id, ref)
+            definition = found
             request = apply_agent(request, found)
             server_refs = [t for t in found.tools if t.type != "function"]
             if server_refs and not request.store:
@@ -227,76 +279,97 @@ class TurnEngine:
                         param=f"tools[{index}].name",
                         code="duplicate_tool",
                     )
-        try:
-            model = self.models.resolve(request.model)
-        except InvalidRequest:
-            if agent is None:
-                raise
-            raise InvalidRequest(
-                f"Agent '{agent.name}' (version {agent.version}) runs on model '{request.model}', "
-                "which is not configured here.",
-                param="model",
-                code="model_not_found",
-            ) from None
-        items = parse_input_items(request.input)
-        reserve = request.max_output_tokens or min(4096, model.info.context_window // 4)
-        fixed = sum(estimate_tokens(i) for i in items) + (len(request.instructions or "") + 3) // 4
-        budget = model.info.context_window - reserve - fixed
-        if budget < 0:
-            raise InvalidRequest(
-                f"The input ({fixed} tokens) and the reserved output ({reserve}) exceed the context window "
-                f"of model '{model.name}' ({model.info.context_window} tokens).",
-                param="input",
-                code="context_length_exceeded",
-            )
-        previous, window = await asyncio.to_thread(self._read_state, caller, request, budget)
-        if window.truncated and request.truncation != "auto":
-            raise InvalidRequest(
-                f"The conversation exceeds the context window of model '{model.name}'. Send "
-                "truncation='auto' to drop the oldest items.",
-                param="input",
-                code="context_length_exceeded",
-            )
-        _check_tool_outputs(items, window)
-        history = [item_from_json(i.raw) for i in window.items]
-        model_request = ModelRequest(
-            items=history + items,
-            instructions=request.instructions,
-            tools=[
-                FunctionTool(name=t.name, description=t.description, parameters=t.parameters, strict=t.strict)
-                for t in request.tools or []
-            ]
-            + [
-                FunctionTool(name=b.spec.name, description=b.spec.description, parameters=b.spec.parameters)
-                for b in bound.values()
-            ],
-            tool_choice=request.tool_choice.model_dump()
-            if request.tool_choice is not None and not isinstance(request.tool_choice, str)
-            else request.tool_choice,
-            parallel_tool_calls=request.parallel_tool_calls,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            max_output_tokens=request.max_output_tokens,
+        model = self._model(request.model, agent)
+        policy = turn_policy(
+            definition.context if definition is not None else None, self.defaults, request.context_management
         )
+        compaction_model = self._compaction_model(policy, definition, agent)
+        items = _with_ids(parse_input_items(request.input))
+        tools = [
+            FunctionTool(name=t.name, description=t.description, parameters=t.parameters, strict=t.strict)
+            for t in request.tools or []
+        ] + [
+            FunctionTool(name=b.spec.name, description=b.spec.description, parameters=b.spec.parameters)
+            for b in bound.values()
+        ]
+        if getattr(model, "load", None) is not None:  # a local model counts with its own tokenizer
+            await asyncio.to_thread(model.prompt_counter)
+        bound_tokens = self._read_bound(model, request, items, tools)
+        previous, window = await asyncio.to_thread(self._read_state, caller, request, bound_tokens)
+        _check_tool_outputs(items, window)
         body = _body(request)
         if request.background:
             body["background"] = True
         if agent is not None:
             body["agent"] = {"name": agent.name, "version": agent.version}
-        return PreparedTurn(
+        turn = PreparedTurn(
             caller=caller,
             request=request,
             model=model,
             input_items=items,
             previous=previous,
             window=window,
-            model_request=model_request,
             body=body,
+            policy=policy,
+            tools=tools,
             reported_model=None if ref is None else ref.model,
             agent=agent,
             definition=definition,
-            tools=bound,
+            bound=bound,
+            original=original,
+            request_instructions=original.instructions,
+            compaction_model=compaction_model,
         )
+        turn.prepared = await turn.assemble(self.context, [], 0, None, check=True)
+        return turn
+
+    def _model(self, name: str | None, agent: AgentVersion | None) -> ChatModel:
+        try:
+            return self.models.resolve(name)
+        except InvalidRequest:
+            if agent is None:
+                raise
+            raise InvalidRequest(
+                f"Agent '{agent.name}' (version {agent.version}) runs on model '{name}', "
+                "which is not configured here.",
+                param="model",
+                code="model_not_found",
+            ) from None
+
+    def _compaction_model(
+        self, policy: ContextPolicy, definition: AgentDefinition | None, agent: AgentVersion | None
+    ) -> ChatModel | None:
+        if not policy.compaction:
+            return None
+        name = (
+            definition.compaction_model if definition is not None else None
+        ) or self.defaults.compaction_model
+        try:
+            return self.models.resolve(name)
+        except InvalidRequest:
+            where = f"agent '{agent.name}' (version {agent.version})" if agent is not None else "the server"
+            raise InvalidRequest(
+                f"The compaction model '{name}' of {where} is not configured here.",
+                param="model",
+                code="model_not_found",
+            ) from None
+
+    @staticmethod
+    def _read_bound(
+        model: ChatModel, request: CreateResponse, items: list[AnyItem], tools: list[FunctionTool]
+    ) -> int:
+        """How much history to read, in the store's estimates: what could fit once the required parts
+        are in (with room to spare for a tokenizer that counts fewer tokens than the estimate)."""
+        counter = model.prompt_counter()
+        window = model.info.context_window
+        required = (
+            counter.base + counter.tools(tool_dicts(tools)) + counter.instructions(request.instructions)
+        )
+        for item in items:  # a tool output may be cut down to a marker: count that much of it
+            tokens = counter.item(summary_message(item) if isinstance(item, Compaction) else item)
+            required += min(tokens, 64) if isinstance(item, FunctionCallOutput) else tokens
+        room = max(0, window - output_reserve(window, request.max_output_tokens) - required)
+        return room if not counter.exact else room + room // 2
 
     def _read_state(
         self, caller: Caller, request: CreateResponse, budget: int
@@ -308,180 +381,3 @@ class TurnEngine:
             )
         window = self.store.responses.context(caller.tenant_id, request.conversation_id, previous, budget)
         return previous, window
-
-    # -- running ------------------------------------------------------------------------------
-
-    def start(self, turn: PreparedTurn, *, events: bool) -> asyncio.Queue[Any]:
-        """Run the turn in its own task; its events (and finally a result) arrive on the queue."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.create_task(self._drive(turn, queue, events=events))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return queue
-
-    async def stream(self, turn: PreparedTurn) -> AsyncIterator[Event]:
-        queue = self.start(turn, events=True)
-        last = -1
-        while True:
-            event = await queue.get()
-            if event is _DONE:
-                return
-            if isinstance(event, dict):
-                last = event["sequence_number"]
-                yield event
-            elif isinstance(event, SREError):  # the turn could not be committed: say so, last
-                yield {
-                    "type": "error",
-                    "code": event.code or event.error_type,
-                    "message": event.message,
-                    "param": event.param,
-                    "sequence_number": last + 1,
-                }
-
-    async def respond(self, turn: PreparedTurn) -> dict[str, Any]:
-        queue = self.start(turn, events=False)
-        final: dict[str, Any] | None = None
-        while True:
-            event = await queue.get()
-            if event is _DONE:
-                break
-            if isinstance(event, SREError):
-                raise event
-            final = event["response"]
-        assert final is not None
-        return final
-
-    async def _drive(self, turn: PreparedTurn, queue: asyncio.Queue[Any], *, events: bool) -> None:
-        sequence = 0
-
-        def emit(event: Event) -> None:
-            nonlocal sequence
-            if events or event["type"] in ("response.completed", "response.incomplete", "response.failed"):
-                queue.put_nowait({**event, "sequence_number": sequence})
-                sequence += 1
-
-        try:
-            await self._run(turn, emit, events=events, queue=queue)
-        except Exception as exc:  # the task must always end the queue
-            error = (
-                exc
-                if isinstance(exc, SREError)
-                else ModelError(f"internal error: {type(exc).__name__}: {exc}")
-            )
-            queue.put_nowait(error)
-        finally:
-            queue.put_nowait(_DONE)
-
-    async def _run(
-        self,
-        turn: PreparedTurn,
-        emit: Any,
-        *,
-        events: bool,
-        queue: asyncio.Queue[Any] | None = None,
-    ) -> None:
-        """Stream the model into events and commit (a one-step turn; durable runs are `RunEngine`'s)."""
-        assembler = Assembler(events=events)
-        if events:
-            emit({"type": "response.created", "response": turn.snapshot("in_progress", [])})
-            emit({"type": "response.in_progress", "response": turn.snapshot("in_progress", [])})
-        started = time.perf_counter()
-        error: SREError | None = None
-        try:
-            stream = turn.model.stream(turn.model_request)
-            try:
-                async for model_event in stream:
-                    for event in assembler.feed(model_event):
-                        emit(event)
-            finally:
-                close = getattr(stream, "aclose", None)
-                if close is not None:
-                    await close()
-        except SREError as exc:
-            error = exc
-        except Exception as exc:
-            error = ModelError(
-                f"model '{turn.model.name}' failed: {type(exc).__name__}: {exc}", code="model_error"
-            )
-        latency_ms = (time.perf_counter() - started) * 1000
-        status = "failed" if error else "completed"
-        if (
-            status == "completed"
-            and assembler.finish is not None
-            and assembler.finish.reason in ("length", "content_filter")
-        ):
-            status = "incomplete"
-        for event in assembler.close("completed" if status != "failed" else "incomplete"):
-            emit(event)
-        final_type = FINAL_EVENT[status]
-        record = await asyncio.to_thread(self._commit, turn, assembler, status, error, latency_ms)
-        emit({"type": final_type, "response": record})
-        if error is not None and not events and queue is not None:
-            queue.put_nowait(error)
-
-    def _finish_body(
-        self, turn: PreparedTurn, assembler: Assembler, status: str, error: SREError | None
-    ) -> dict[str, Any]:
-        """Set the turn's final body (usage, error, incomplete details) and return its snapshot."""
-        if turn.counted is None:
-            turn.counted = count_usage(turn.model, turn.model_request, assembler)
-            input_tokens, cached_tokens, output_tokens, _ = turn.counted
-            body = dict(turn.body)
-            body["usage"] = usage_object(input_tokens, output_tokens, cached_tokens)
-            if status == "incomplete" and assembler.finish is not None:
-                reason = "max_output_tokens" if assembler.finish.reason == "length" else "content_filter"
-                body["incomplete_details"] = {"reason": reason}
-            if error is not None:
-                body["error"] = {"code": error.code or "server_error", "message": error.message}
-            turn.body = body
-            turn.completed_at = int(time.time())
-        output = assembler.items() if status not in ("failed", "cancelled") else []
-        return turn.snapshot(
-            status,
-            [i.model_dump(mode="json", exclude_none=True) for i in output],
-            turn.completed_at if status != "failed" else None,
-        )
-
-    def _commit(
-        self,
-        turn: PreparedTurn,
-        assembler: Assembler,
-        status: str,
-        error: SREError | None,
-        latency_ms: float,
-    ) -> dict[str, Any]:
-        snapshot = self._finish_body(turn, assembler, status, error)
-        assert turn.counted is not None
-        input_tokens, cached_tokens, output_tokens, exact = turn.counted
-        pricing = turn.model.info.pricing
-        cost = None if pricing is None else pricing.cost(input_tokens, output_tokens, cached_tokens)
-        now = turn.completed_at or int(time.time())
-        call = ModelCallRecord(
-            tenant_id=turn.caller.tenant_id,
-            id=new_id("mc"),
-            response_id=turn.response_id if turn.request.store else None,
-            principal_id=turn.caller.principal_id,
-            model=turn.model.name,
-            provider=turn.model.info.provider,
-            status=status,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached_tokens,
-            tokens_exact=exact,
-            cost_usd=cost,
-            latency_ms=latency_ms,
-            manifest=turn.manifest(),
-            error=None if error is None else error.message,
-            created_at=now,
-        )
-        output: list[AnyItem] = list(assembler.items()) if status not in ("failed", "cancelled") else []
-        self.store.responses.commit_turn(turn.commit(status, output, model_call=call))
-        # Output ids were assigned before streaming and the store keeps them, so the snapshot matches.
-        return snapshot
-
-    async def aclose(self) -> None:
-        """Let running turns finish (they commit), up to a bound, then cancel the rest."""
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=10)
-            for task in pending:
-                task.cancel()

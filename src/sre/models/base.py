@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sre.models.tokens import TextTokenizer, TokenCount, count_chat_tokens
-from sre.types.items import FunctionCall, FunctionCallOutput, Message
+from sre.models.tokens import PromptCounter, TextTokenizer, TokenCount
+from sre.types.items import ModelItem
 
-AnyItem = Message | FunctionCall | FunctionCallOutput
+AnyItem = ModelItem  # the items a model is sent (compaction items reach it as messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,7 @@ class ChatModel(ABC):
 
     def __init__(self, info: ModelInfo) -> None:
         self.info = info
+        self._counter: PromptCounter | None = None
 
     @property
     def name(self) -> str:
@@ -115,7 +116,17 @@ class ChatModel(ABC):
 
     def count_tokens(self, request: ModelRequest) -> TokenCount:
         """The request's input tokens: exact where the provider knows its tokenizer, else estimated."""
-        return count_chat_tokens(self.tokenizer(), request.instructions, request.items, _tool_dicts(request))
+        return self.prompt_counter().prompt(request.instructions, request.items, tool_dicts(request.tools))
+
+    def prompt_counter(self) -> PromptCounter:
+        """How this model counts a prompt (made once: it caches the counts of stored items)."""
+        if self._counter is None:
+            self._counter = self.new_prompt_counter()
+        return self._counter
+
+    def new_prompt_counter(self) -> PromptCounter:
+        """A provider whose prompt template frames messages differently from OpenAI's says so here."""
+        return PromptCounter(self.tokenizer())
 
     def tokenizer(self) -> TextTokenizer | None:
         """The model's own tokenizer, if it is available offline."""
@@ -125,8 +136,8 @@ class ChatModel(ABC):
         """Release connections; called once when the runtime closes."""
 
 
-def _tool_dicts(request: ModelRequest) -> list[dict[str, Any]]:
+def tool_dicts(tools: Sequence[FunctionTool]) -> list[dict[str, Any]]:
+    """Tool definitions as they are counted (name, description, parameters)."""
     return [
-        {"name": t.name, "description": t.description or "", "parameters": t.parameters or {}}
-        for t in request.tools
+        {"name": t.name, "description": t.description or "", "parameters": t.parameters or {}} for t in tools
     ]

@@ -28,7 +28,7 @@ from sre.models.base import (
     TextDelta,
     Usage,
 )
-from sre.models.tokens import TextTokenizer
+from sre.models.tokens import PromptCounter, TextTokenizer
 from sre.types.errors import ConfigError, ModelError
 from sre.types.items import FunctionCall, FunctionCallOutput, Message
 
@@ -113,6 +113,12 @@ class LocalChatModel(ChatModel):
     def tokenizer(self) -> TextTokenizer:
         return LlamaTokenizer(self.llama())
 
+    def new_prompt_counter(self) -> PromptCounter:
+        # SmolLM2's ChatML template: "<|im_start|>ROLE\n" and "<|im_end|>\n" around each message
+        # (5 tokens), the reply primed with "<|im_start|>assistant\n", and a default system prompt
+        # of about 20 tokens when there is none. Tool definitions are not sent to local models.
+        return PromptCounter(self.tokenizer(), per_message=5, base=24, counts_tools=False)
+
     async def load(self) -> None:
         await asyncio.to_thread(self.llama)
 
@@ -157,7 +163,7 @@ class LocalChatModel(ChatModel):
                     finish = "length"
         finally:
             stop.set()
-        counter = LlamaTokenizer(llama)
-        prompt_tokens = sum(4 + counter.count(m["content"]) for m in messages) + 3
-        yield Usage(input_tokens=prompt_tokens, output_tokens=counter.count("".join(parts)))
+        counter = self.prompt_counter()
+        prompt_tokens = counter.prompt(request.instructions, request.items).tokens
+        yield Usage(input_tokens=prompt_tokens, output_tokens=counter.text("".join(parts)))
         yield Finish(finish)

@@ -15,7 +15,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from sre.models.base import ChatModel, ModelEvent, ModelRequest
-from sre.models.tokens import TextTokenizer
+from sre.models.tokens import PromptCounter, TextTokenizer
 from sre.types.errors import SREError
 
 log = logging.getLogger("sre.models")
@@ -31,6 +31,9 @@ class WrapperModel(ChatModel):
 
     def tokenizer(self) -> TextTokenizer | None:
         return self.inner.tokenizer()
+
+    def prompt_counter(self) -> PromptCounter:
+        return self.inner.prompt_counter()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

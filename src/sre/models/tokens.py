@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sre.types.items import FunctionCall, FunctionCallOutput, Message, estimate_tokens
+from sre.types.items import FunctionCall, Message, ModelItem, estimate_tokens
 
-AnyItem = Message | FunctionCall | FunctionCallOutput
+AnyItem = ModelItem  # the items a model is sent (compaction items reach it as messages)
 
 _ENCODING_URLS = {
     "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
@@ -100,12 +100,88 @@ def tiktoken_tokenizer(encoding: str) -> TiktokenTokenizer:
     return TiktokenTokenizer(encoding)
 
 
-def _item_text(item: AnyItem) -> str:
+def item_text(item: AnyItem) -> str:
+    """What a model reads of an item: a message's text, a call's name and arguments, an output."""
     if isinstance(item, Message):
         return item.text()
     if isinstance(item, FunctionCall):
         return item.name + item.arguments
     return item.output_text()
+
+
+_CACHE_SIZE = 50_000
+
+
+class PromptCounter:
+    """How one model counts a prompt: the tokens of each part, with the framing its wire format adds.
+
+    The one formula for a prompt's size: `ModelRequest` counts (`ChatModel.count_tokens`) and the
+    context assembler's budget both add up these parts, so what the assembler fits is what the
+    model is sent. With the model's tokenizer the counts are exact (OpenAI's framing: 3 tokens a
+    message and 3 to prime the reply; a provider with another template says so); without one they
+    are the store's cheap estimate. Counts of stored items are cached by item id (items never change).
+    """
+
+    def __init__(
+        self,
+        tokenizer: TextTokenizer | None,
+        *,
+        per_message: int = 3,
+        base: int = 3,
+        counts_tools: bool = True,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.per_message = per_message if tokenizer is not None else 0
+        self.base = base if tokenizer is not None else 0
+        self.counts_tools = counts_tools
+        self._cache: dict[str, int] = {}
+
+    @property
+    def exact(self) -> bool:
+        return self.tokenizer is not None
+
+    def text(self, text: str) -> int:
+        """Tokens of bare text (no framing)."""
+        if self.tokenizer is None:
+            return (len(text) + 3) // 4
+        return self.tokenizer.count(text)
+
+    def item(self, item: AnyItem) -> int:
+        """Tokens of an item as a message of the prompt, framing included."""
+        if self.tokenizer is None:
+            return estimate_tokens(item)
+        key = item.id
+        if key is not None:
+            found = self._cache.get(key)
+            if found is not None:
+                return found
+        tokens = self.per_message + self.tokenizer.count(item_text(item))
+        if key is not None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()  # items are immutable: dropping the cache only costs a recount
+            self._cache[key] = tokens
+        return tokens
+
+    def instructions(self, instructions: str | None) -> int:
+        if not instructions:
+            return 0
+        if self.tokenizer is None:
+            return 4 + (len(instructions) + 3) // 4
+        return self.per_message + self.tokenizer.count(instructions)
+
+    def tools(self, tools: Sequence[dict[str, Any]]) -> int:
+        if not self.counts_tools:
+            return 0
+        if self.tokenizer is None:
+            return sum((len(json.dumps(t)) + 3) // 4 for t in tools)
+        return sum(self.tokenizer.count(json.dumps(t, separators=(",", ":"))) for t in tools)
+
+    def prompt(
+        self, instructions: str | None, items: Sequence[AnyItem], tools: Sequence[dict[str, Any]] = ()
+    ) -> TokenCount:
+        total = self.base + self.instructions(instructions) + self.tools(tools)
+        total += sum(self.item(i) for i in items)
+        return TokenCount(total, exact=self.exact)
 
 
 def count_chat_tokens(
@@ -114,19 +190,5 @@ def count_chat_tokens(
     items: Sequence[AnyItem],
     tools: Sequence[dict[str, Any]] = (),
 ) -> TokenCount:
-    """Tokens of a chat request: each message's text plus OpenAI's per-message framing (3 + 3).
-
-    With no tokenizer, the same cheap estimate the context window uses (`estimate_tokens`).
-    """
-    if tokenizer is None:
-        total = sum(estimate_tokens(i) for i in items) + (len(instructions or "") + 3) // 4
-        total += sum((len(json.dumps(t)) + 3) // 4 for t in tools)
-        return TokenCount(total, exact=False)
-    total = 3  # every reply is primed with <|start|>assistant<|message|>
-    if instructions:
-        total += 3 + tokenizer.count(instructions)
-    for item in items:
-        total += 3 + tokenizer.count(_item_text(item))
-    for tool in tools:
-        total += tokenizer.count(json.dumps(tool, separators=(",", ":")))
-    return TokenCount(total, exact=True)
+    """Tokens of a chat request with OpenAI's framing (see `PromptCounter`)."""
+    return PromptCounter(tokenizer).prompt(instructions, items, tools)

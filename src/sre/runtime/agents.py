@@ -18,7 +18,15 @@ class AgentsAPI(RuntimeParts):
         """The definition naming a configured model (the default one where it names none), its
         server-side and MCP tools checked against those configured."""
         self.tools.check(definition.tools)
+        if definition.compaction_model is not None:
+            self._compaction_model(definition.compaction_model)
         return definition.model_copy(update={"model": self.models.resolve(definition.model).name})
+
+    def _compaction_model(self, name: str) -> None:
+        try:
+            self.models.resolve(name)
+        except InvalidRequest as exc:
+            raise InvalidRequest(exc.message, param="compaction_model", code=exc.code) from None
 
     @staticmethod
     def _agent_name(name: str) -> str:
@@ -53,6 +61,8 @@ class AgentsAPI(RuntimeParts):
             self.models.resolve(body.model)  # refuse an unknown model before touching the store
         if body.tools is not None:
             self.tools.check(body.tools)
+        if body.compaction_model is not None:
+            self._compaction_model(body.compaction_model)
 
         def revise(current: AgentVersion) -> dict[str, Any]:
             latest = AgentDefinition.from_stored(current.name, current.definition)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sre.governance import approval_check
 from sre.runtime.base import RuntimeParts
 from sre.types.errors import InvalidRequest
+from sre.types.lists import list_object
 from sre.types.records import ApprovalRecord, Caller
 
 STATUSES = ("pending", "approved", "denied", "cancelled")
@@ -54,14 +56,7 @@ class ApprovalsAPI(RuntimeParts):
                 caller.tenant_id, status=status, response_id=response_id, after=after, limit=limit
             )
         )
-        data = [approval_object(r) for r in page.data]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": page.has_more,
-        }
+        return list_object([approval_object(r) for r in page.data], page.has_more)
 
     async def get_approval(self, caller: Caller, approval_id: str) -> dict[str, Any]:
         record = await asyncio.to_thread(self.store.approvals.get, caller.tenant_id, approval_id)
@@ -84,15 +79,13 @@ class ApprovalsAPI(RuntimeParts):
                 f"Invalid value for 'reason': expected a string of at most {MAX_REASON} characters.",
                 param="reason",
             )
-        principal = await asyncio.to_thread(
-            self.store.keys.get_principal, caller.tenant_id, caller.principal_id
-        )
+        principal = await asyncio.to_thread(self.auth.principal, caller)
         record, requeued = await asyncio.to_thread(
             lambda: self.store.approvals.decide(
                 caller.tenant_id,
                 approval_id,
-                principal_id=caller.principal_id,
-                principal_name=principal.name,
+                check=approval_check(principal),
+                decided_by=principal.name,
                 approve=approve,
                 reason=reason,
             )

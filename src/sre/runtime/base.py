@@ -8,9 +8,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from sre.context import ContextAssembler
 from sre.engine.background import BackgroundRuns
+from sre.engine.plain import PlainTurns
+from sre.engine.runs import RunEngine
 from sre.engine.turn import TurnEngine
 from sre.engine.workers import WorkerPool
+from sre.governance import Authenticator
 from sre.models.config import ModelRegistry
 from sre.models.embeddings import EmbeddingRegistry
 from sre.runtime.settings import Settings
@@ -45,7 +49,11 @@ class RuntimeParts:
     models: ModelRegistry
     settings: Settings
     embeddings: EmbeddingRegistry
+    auth: Authenticator
+    context: ContextAssembler
     turns: TurnEngine
+    engine: RunEngine
+    plain: PlainTurns
     tools: ToolCatalog
     background: BackgroundRuns
     workers: WorkerPool | None

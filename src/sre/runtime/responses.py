@@ -1,5 +1,5 @@
 """The runtime's responses: turns now or in the background, their streams, cancel, token counts,
-usage, and reading and deleting stored responses."""
+usage, reading (with what went into each model call) and deleting stored responses."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from sre.engine.background import FINAL_TYPES, TERMINAL
-from sre.engine.runs import PAUSE_STATUS
 from sre.engine.shapes import item_list, stored_response_object
 from sre.engine.turn import PreparedTurn
+from sre.governance import approval_check
 from sre.runtime.base import RuntimeParts, _coerce, _page_args
+from sre.types.context import ContextManifest
 from sre.types.errors import Conflict, InvalidRequest, ModelError, NotFound
 from sre.types.records import Caller, RunRecord
 from sre.types.requests import (
+    INCLUDABLE,
     CountInputTokens,
     CreateResponse,
 )
+from sre.types.status import FINAL_TYPES, REQUIRES_ACTION, TERMINAL
 
 
 async def _final(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -47,7 +49,7 @@ class ResponsesAPI(RuntimeParts):
         run = await asyncio.to_thread(self.store.runs.get, caller.tenant_id, request.previous_response_id)
         if run is None or run.status in TERMINAL:
             return None
-        if run.status != PAUSE_STATUS:
+        if run.status != REQUIRES_ACTION:
             raise Conflict(
                 f"Previous response '{run.response_id}' is still {run.status}; continue from it once it "
                 "has finished.",
@@ -59,12 +61,10 @@ class ResponsesAPI(RuntimeParts):
     async def _resume(self, caller: Caller, run: RunRecord, request: CreateResponse) -> int | None:
         """Apply the answers; the sequence number to follow the resumed run after, or None if it is
         still waiting for other answers."""
-        principal = await asyncio.to_thread(
-            self.store.keys.get_principal, caller.tenant_id, caller.principal_id
-        )
-        await self.background.resume(caller, run, request.input, principal.name)
+        principal = await asyncio.to_thread(self.auth.principal, caller)
+        await self.background.resume(caller, run, request.input, approval_check(principal), principal.name)
         current = await asyncio.to_thread(self.store.runs.get, caller.tenant_id, run.response_id)
-        if current is None or current.status == PAUSE_STATUS:
+        if current is None or current.status == REQUIRES_ACTION:
             return None
         return await asyncio.to_thread(self.store.runs.last_sequence, caller.tenant_id, run.response_id)
 
@@ -93,16 +93,22 @@ class ResponsesAPI(RuntimeParts):
         if paused is not None:
             after = await self._resume(caller, paused, body)
             if after is None or body.background:
-                return await self.get_response(caller, paused.response_id)
-            return await _final(self.background.watch(caller, paused.response_id, None, after=after))
-        turn = await self.turns.prepare(caller, body)
-        if turn.request.background:
-            return await self.background.enqueue(turn)
-        if turn.durable:
-            lease = await self.background.start(turn, inline=True)
-            return await _final(self.background.watch(caller, turn.response_id, lease, turn))
-        await self._check_free(turn)
-        return await self.turns.respond(turn)
+                response = await self.get_response(caller, paused.response_id)
+            else:
+                response = await _final(self.background.watch(caller, paused.response_id, None, after=after))
+        else:
+            turn = await self.turns.prepare(caller, body)
+            if turn.request.background:
+                response = await self.background.enqueue(turn)
+            elif turn.durable:
+                lease = await self.background.start(turn, inline=True)
+                response = await _final(self.background.watch(caller, turn.response_id, lease, turn))
+            else:
+                await self._check_free(turn)
+                response = await self.plain.respond(turn)
+        if "context_manifest" in (body.include or []):
+            response["context_manifest"] = await self._manifests(caller, response["id"])
+        return response
 
     async def stream_response(
         self, caller: Caller, request: CreateResponse | Mapping[str, Any]
@@ -129,7 +135,7 @@ class ResponsesAPI(RuntimeParts):
             lease = await self.background.start(turn, inline=True)
             return self.background.watch(caller, turn.response_id, lease, turn)
         await self._check_free(turn)
-        return self.turns.stream(turn)
+        return self.plain.stream(turn)
 
     async def stream_background_response(
         self, caller: Caller, response_id: str, *, starting_after: int | None = None
@@ -146,7 +152,9 @@ class ResponsesAPI(RuntimeParts):
     ) -> dict[str, Any]:
         """The input tokens `create_response` would send for this request, without calling the model."""
         turn = await self.turns.prepare(caller, _coerce(CountInputTokens, request).as_response_request())
-        counted = await asyncio.to_thread(turn.model.count_tokens, turn.model_request)
+        assert turn.prepared is not None
+        sent = turn.model_request(turn.prepared.items, turn.prepared.instructions)
+        counted = await asyncio.to_thread(turn.model.count_tokens, sent)
         return {"object": "response.input_tokens", "input_tokens": counted.tokens, "exact": counted.exact}
 
     async def usage(
@@ -158,7 +166,43 @@ class ResponsesAPI(RuntimeParts):
         rows = await asyncio.to_thread(self.store.responses.usage, caller.tenant_id, start=start, end=end)
         return {"object": "list", "data": [{"object": "usage.bucket", **dataclasses.asdict(r)} for r in rows]}
 
-    async def get_response(self, caller: Caller, response_id: str) -> dict[str, Any]:
+    async def get_response(
+        self, caller: Caller, response_id: str, *, include: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The response object; with `include=["context_manifest"]`, SRE's own, what went into each
+        of its model calls."""
+        for index, value in enumerate(include or []):
+            if value not in INCLUDABLE:
+                raise InvalidRequest(
+                    f"Invalid value for 'include[{index}]': {value!r}. Supported values are: "
+                    + ", ".join(repr(v) for v in INCLUDABLE)
+                    + ".",
+                    param=f"include[{index}]",
+                    code="invalid_value",
+                )
+        response = await self._read_response(caller, response_id)
+        if "context_manifest" in (include or []):
+            response["context_manifest"] = await self._manifests(caller, response_id)
+        return response
+
+    async def response_context(self, caller: Caller, response_id: str) -> list[dict[str, Any]]:
+        """What went into each model call of a response: one manifest per call, in order (`sre
+        responses context`)."""
+        await self._read_response(caller, response_id)  # a 404 for what the caller cannot see
+        return await self._manifests(caller, response_id)
+
+    async def _manifests(self, caller: Caller, response_id: str) -> list[dict[str, Any]]:
+        calls = await asyncio.to_thread(self.store.responses.model_calls, caller.tenant_id, response_id)
+        out: list[dict[str, Any]] = []
+        for call in calls:
+            manifest = ContextManifest.from_stored(call.manifest)
+            if manifest is None:
+                continue
+            out.append({"model_call_id": call.id, "status": call.status, **manifest.to_stored()})
+        out.sort(key=lambda m: (m["step"], m["model_call_id"]))
+        return out
+
+    async def _read_response(self, caller: Caller, response_id: str) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             try:
                 record = self.store.responses.get(caller.tenant_id, response_id)

@@ -14,25 +14,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sre.context import Compactor, ContextAssembler, ContextSource
 from sre.engine.agents import is_agent_name
 from sre.engine.background import BackgroundRuns
+from sre.engine.plain import PlainTurns
+from sre.engine.runs import RunEngine
 from sre.engine.turn import TurnEngine
 from sre.engine.workers import WorkerPool
+from sre.governance import Authenticator
 from sre.models.base import ChatModel
 from sre.models.config import ModelRegistry, local_model_info
 from sre.models.embeddings import EmbeddingModel, EmbeddingRegistry, local_embeddings
 from sre.models.local import LocalChatModel
 from sre.runtime.agents import AgentsAPI
 from sre.runtime.approvals import ApprovalsAPI
+from sre.runtime.compact import CompactAPI
 from sre.runtime.conversations import ConversationsAPI
 from sre.runtime.models import ModelsAPI
 from sre.runtime.responses import ResponsesAPI
-from sre.runtime.settings import LOCAL_PRINCIPAL, LOCAL_TENANT, Settings
-from sre.store import Store, sqlite_url
+from sre.runtime.settings import Settings
+from sre.store import Database, Store, sqlite_url
 from sre.tools.base import ToolSource
 from sre.tools.catalog import ToolCatalog
 from sre.tools.registry import ToolRegistry, default_registry, tools_from_modules
-from sre.types.errors import ConfigError, Unauthenticated
+from sre.types.errors import ConfigError
 from sre.types.records import ApiKey, Caller
 
 log = logging.getLogger("sre.runtime")
@@ -64,7 +69,7 @@ def tool_catalog(config: Mapping[str, Any], registry: ToolRegistry | None = None
     return ToolCatalog(registry if registry is not None else default_registry, mcp)
 
 
-class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI):
+class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI):
     """Open with `Runtime.open(...)`; close with `await runtime.aclose()`."""
 
     def __init__(
@@ -80,10 +85,19 @@ class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI
         self.settings = settings
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry()
         self.tools = tools if tools is not None else ToolCatalog(ToolRegistry())
-        self.turns = TurnEngine(store, models, self.tools)
-        self.background = BackgroundRuns(store, self.turns, lease_seconds=settings.lease_seconds)
+        self.auth = Authenticator(store)
+        self.context = ContextAssembler(compactor=Compactor(store))
+        self.turns = TurnEngine(store, models, self.tools, self.context, settings.context)
+        self.engine = RunEngine(store, self.context)
+        self.plain = PlainTurns(self.engine)
+        self.background = BackgroundRuns(store, self.turns, self.engine, lease_seconds=settings.lease_seconds)
         self.workers: WorkerPool | None = None
         self.warm_embeddings = True
+
+    def add_context_source(self, source: ContextSource) -> None:
+        """Offer an application's own context to every model call: its candidates compete for the
+        budget with the others (section by section, as the context policy says)."""
+        self.context.add_source(source)
 
     @classmethod
     def open(
@@ -155,35 +169,57 @@ class Runtime(ResponsesAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI
             await self.workers.aclose()
             self.workers = None
         await self.background.aclose()
-        await self.turns.aclose()
+        await self.plain.aclose()
         await self.tools.aclose()
         await self.models.aclose()
         await self.embeddings.aclose()
         self.store.close()
 
+    def close(self) -> None:
+        """Close the store only (for short-lived, synchronous users such as CLI commands)."""
+        self.store.close()
+
     # -- identity -----------------------------------------------------------------------------
 
     async def authenticate(self, secret: str) -> Caller:
-        caller = await asyncio.to_thread(self.store.keys.authenticate, secret)
-        if caller is None:
-            raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
-        return caller
+        return await asyncio.to_thread(self.auth.authenticate, secret)
+
+    async def authenticate_header(self, header: str | None) -> Caller:
+        """The caller an `Authorization: Bearer` header names."""
+        return await asyncio.to_thread(self.auth.from_header, header)
 
     def local_caller(self) -> Caller:
         """The caller of the embedded, single-user setup (`--no-auth`, first-start key)."""
-        tenant_id = self.store.keys.ensure_tenant(LOCAL_TENANT)
-        principal = self.store.keys.ensure_principal(tenant_id, LOCAL_PRINCIPAL)
-        return Caller(tenant_id=tenant_id, principal_id=principal.id)
+        return self.auth.local_caller()
+
+    def tenant_caller(self, tenant: str | None, principal: str | None = None) -> Caller:
+        """Act within a tenant (the CLI): as `principal`, its `cli` service, or the local user."""
+        return self.auth.tenant_caller(tenant, principal)
 
     def create_key(self, tenant: str, principal: str, name: str = "default") -> tuple[ApiKey, str]:
-        tenant_id = self.store.keys.ensure_tenant(tenant)
-        found = self.store.keys.ensure_principal(tenant_id, principal)
-        return self.store.keys.create_key(tenant_id, found.id, name)
+        return self.auth.create_key(tenant, principal, name)
+
+    def list_keys(self, tenant: str | None = None) -> list[tuple[ApiKey, str, str]]:
+        return self.auth.list_keys(tenant)
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        return self.auth.revoke_key(key_id)
 
     def bootstrap_local_key(self) -> str | None:
         """On the first start of an embedded store, create and return a key for the local user."""
-        if self.store.keys.list_keys():
-            return None
-        caller = self.local_caller()
-        _, secret = self.store.keys.create_key(caller.tenant_id, caller.principal_id, "local")
-        return secret
+        return self.auth.bootstrap_local_key()
+
+
+def upgrade_schema(
+    *, data_dir: str | Path | None = None, database_url: str | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """Apply pending migrations without opening a runtime: (revision before, head, revision after)."""
+    settings = Settings.load(data_dir=data_dir, database_url=database_url)
+    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    try:
+        current, head = db.current_revision(), db.head_revision()
+        if current != head:
+            db.upgrade()
+        return current, head, db.current_revision()
+    finally:
+        db.dispose()

@@ -2,7 +2,8 @@
 
 The embedded default is `./.sre/sre.db`; `SRE_DATABASE_URL` (or `--database-url`) selects
 PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models, a `[server]` table, the Python modules
-that register server-side tools (`[tools] modules`) and the MCP servers (`[mcp_servers.LABEL]`).
+that register server-side tools (`[tools] modules`), the MCP servers (`[mcp_servers.LABEL]`) and the
+context defaults of plain turns (`[context]`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sre.context import ContextDefaults
+from sre.governance.auth import LOCAL_PRINCIPAL, LOCAL_TENANT
 from sre.models.config import read_toml
 from sre.types.errors import ConfigError
+
+__all__ = ["LOCAL_PRINCIPAL", "LOCAL_TENANT", "Settings"]
 
 DEFAULT_DATA_DIR = ".sre"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_LEASE_SECONDS = 1.5  # renewed every half second; a dead worker's run resumes within it
-LOCAL_TENANT = "default"
-LOCAL_PRINCIPAL = "local"
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Settings:
     config_path: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long a worker's claim on a run lasts unrenewed
+    context: ContextDefaults = field(default_factory=ContextDefaults)
 
     @property
     def embedded(self) -> bool:
@@ -59,6 +63,7 @@ class Settings:
             "default_embedding_model",
             "tools",
             "mcp_servers",
+            "context",
         }
         if unknown:
             raise ConfigError(f"unknown top-level keys in config: {', '.join(sorted(unknown))}")
@@ -81,4 +86,5 @@ class Settings:
             config_path=None if path is None else Path(path),
             max_body_bytes=max_body,
             lease_seconds=lease,
+            context=ContextDefaults.from_config(config.get("context")),
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sre.store.agents import AgentRepository
-from sre.store.approvals import ApprovalRepository, approval_row
+from sre.store.approvals import ApprovalRepository, DecisionCheck
 from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
 from sre.store.keys import KeyRepository, hash_key
@@ -21,11 +21,11 @@ from sre.store.runs import LeaseLost, RunRepository
 __all__ = [
     "ApprovalRepository",
     "Database",
+    "DecisionCheck",
     "LeaseLost",
     "RunListener",
     "Store",
     "TurnCommit",
-    "approval_row",
     "hash_key",
     "normalise_url",
     "sqlite_url",

@@ -1,8 +1,8 @@
 """Approvals: the decisions paused runs wait for, listed, read and decided.
 
-A decision is one transaction: the approval must still be pending and the deciding principal must be
-one of its approvers (or, with none named, the principal the run acts for); once nothing else is
-pending, the run goes back to the queue in the same transaction, so a worker resumes it.
+A decision is one transaction: the approval must still be pending and the deciding principal must
+pass the governance layer's check (`sre.governance.rules`), made inside the transaction; once nothing
+else is pending, the run goes back to the queue in the same transaction, so a worker resumes it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,8 +19,9 @@ from sre.store.conversations import id_equals
 from sre.store.database import Database
 from sre.store.runs import put_steps, requeue_if_ready
 from sre.store.schema import approvals, runs
-from sre.types.errors import Conflict, NotFound, PermissionDenied
+from sre.types.errors import Conflict, NotFound
 from sre.types.records import ApprovalRecord, Page, StepRecord
+from sre.types.status import REQUIRES_ACTION
 
 
 def approval_from_row(row: sa.Row[Any]) -> ApprovalRecord:
@@ -64,10 +65,7 @@ def approval_row(record: ApprovalRecord) -> dict[str, Any]:
     )
 
 
-def may_decide(record: ApprovalRecord, principal_id: str, principal_name: str) -> bool:
-    if record.approvers:
-        return principal_name in record.approvers or principal_id in record.approvers
-    return principal_id == record.principal_id
+DecisionCheck = Callable[[ApprovalRecord], None]  # raises when the decider may not decide it
 
 
 class ApprovalRepository:
@@ -122,8 +120,8 @@ class ApprovalRepository:
         *,
         outputs: Sequence[StepRecord],
         decisions: Sequence[tuple[str, bool, str | None]],
-        principal_id: str,
-        principal_name: str,
+        check: DecisionCheck,
+        decided_by: str,
     ) -> bool:
         """A client's answers to a paused run in one transaction: tool outputs (journal rows) and
         decisions `(approval id, approve, reason)`, all or nothing; return whether the run is queued
@@ -134,12 +132,12 @@ class ApprovalRepository:
                 .where(runs.c.tenant_id == tenant_id, runs.c.response_id == response_id)
                 .with_for_update()
             ).first()
-            if row is None or row.status != "requires_action":
+            if row is None or row.status != REQUIRES_ACTION:
                 raise Conflict(
                     f"Response '{response_id}' is not waiting for answers.", code="response_not_paused"
                 )
             for approval_id, approve, reason in decisions:
-                self._decide(conn, tenant_id, approval_id, principal_id, principal_name, approve, reason)
+                self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason)
             put_steps(conn, tenant_id, response_id, outputs)
             return requeue_if_ready(conn, tenant_id, response_id)
 
@@ -148,8 +146,8 @@ class ApprovalRepository:
         conn: sa.Connection,
         tenant_id: str,
         approval_id: str,
-        principal_id: str,
-        principal_name: str,
+        check: DecisionCheck,
+        decided_by: str,
         approve: bool,
         reason: str | None,
     ) -> ApprovalRecord:
@@ -161,11 +159,7 @@ class ApprovalRepository:
         if row is None:
             raise NotFound(f"Approval with id '{approval_id}' not found.", param="approval_id")
         record = approval_from_row(row)
-        if not may_decide(record, principal_id, principal_name):
-            raise PermissionDenied(
-                f"Principal '{principal_name}' may not decide approval '{approval_id}'.",
-                code="not_an_approver",
-            )
+        check(record)  # the governance layer's rule, inside this transaction
         if record.status != "pending":
             raise Conflict(
                 f"Approval '{approval_id}' is already {record.status}"
@@ -177,10 +171,10 @@ class ApprovalRepository:
         conn.execute(
             approvals.update()
             .where(approvals.c.tenant_id == tenant_id, approvals.c.id == record.id)
-            .values(status=status, reason=reason, decided_by=principal_name, decided_at=now)
+            .values(status=status, reason=reason, decided_by=decided_by, decided_at=now)
         )
         return dataclasses.replace(
-            record, status=status, reason=reason, decided_by=principal_name, decided_at=now
+            record, status=status, reason=reason, decided_by=decided_by, decided_at=now
         )
 
     def decide(
@@ -188,15 +182,14 @@ class ApprovalRepository:
         tenant_id: str,
         approval_id: str,
         *,
-        principal_id: str,
-        principal_name: str,
+        check: DecisionCheck,
+        decided_by: str,
         approve: bool,
         reason: str | None,
     ) -> tuple[ApprovalRecord, bool]:
-        """Approve or deny; return the decided approval and whether its run went back to the queue."""
+        """Approve or deny (as `decided_by`, once `check` allows it); return the decided approval and
+        whether its run went back to the queue."""
         with self.db.write() as conn:
-            decided = self._decide(
-                conn, tenant_id, approval_id, principal_id, principal_name, approve, reason
-            )
+            decided = self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason)
             requeued = requeue_if_ready(conn, tenant_id, decided.response_id)
         return decided, requeued

@@ -20,17 +20,9 @@ from sre.store.database import Database
 from sre.store.schema import conversations, items
 from sre.types.errors import Conflict, InvalidRequest, NotFound
 from sre.types.ids import new_id
-from sre.types.items import (
-    ID_PREFIX,
-    FunctionCall,
-    FunctionCallOutput,
-    Message,
-    estimate_tokens,
-    item_to_dict,
-)
+from sre.types.items import ID_PREFIX, AnyItem, estimate_tokens, item_to_dict, read_compaction
 from sre.types.records import Conversation, Page, StoredItem, Window
 
-AnyItem = Message | FunctionCall | FunctionCallOutput
 _MAX_LINEAGE = 10_000
 _WINDOW_PAGE = 256
 _INF = 2**62
@@ -71,6 +63,7 @@ def item_from_row(row: sa.Row[Any]) -> StoredItem:
         response_id=m["response_id"],
         created_at=m["created_at"],
         tokens=m["tokens"],
+        origin=m["origin"],
     )
 
 
@@ -183,6 +176,7 @@ def append_rows(
                 response_id=response_id,
                 created_at=now,
                 tokens=tokens,
+                origin=origin,
             )
         )
     conn.execute(items.insert(), rows)
@@ -204,6 +198,7 @@ _SCAN_COLUMNS = (
     items.c.tokens,
     items.c.data,
     items.c.created_at,
+    items.c.origin,
 )
 
 
@@ -234,15 +229,17 @@ def scan(
     descending: bool,
     limit: int,
     bound: int | None = None,
+    floor: int = 0,
 ) -> list[StoredItem]:
-    """Up to `limit` items of the lineage in seq order, starting after (or before) seq `bound`."""
+    """Up to `limit` items of the lineage in seq order, starting after (or before) seq `bound`,
+    never at or below seq `floor`."""
     out: list[StoredItem] = []
     ordered = segments if descending else list(reversed(segments))
     for conv_id, lo, hi in ordered:
         remaining = limit - len(out)
         if remaining <= 0:
             break
-        low, high = lo, hi
+        low, high = max(lo, floor), hi
         if bound is not None:
             if descending:
                 high = min(high, bound - 1)
@@ -273,8 +270,9 @@ def scan(
                 response_id=response_id,
                 created_at=created_at,
                 tokens=tokens,
+                origin=origin,
             )
-            for seq, item_id, kind, response_id, tokens, raw, created_at in conn.execute(query)
+            for seq, item_id, kind, response_id, tokens, raw, created_at, origin in conn.execute(query)
         )
     return out
 
@@ -294,23 +292,77 @@ def find_item(
     return None
 
 
+def newest_compaction(
+    conn: sa.Connection, tenant_id: str, segments: list[Segment], upto: int | None = None
+) -> tuple[StoredItem | None, int]:
+    """The lineage's newest compaction item at or before seq `upto`, and the seq of the last item it
+    stands for: the one its content names (a compaction SRE made), or every item before it (one a
+    client sent, which replaces what came before). A partial index makes this one probe a segment."""
+    top = _INF if upto is None else upto
+    for conv_id, lo, hi in segments:
+        high = min(hi, top)
+        if high <= lo:
+            continue
+        row = conn.execute(
+            sa.select(*_SCAN_COLUMNS)
+            .where(
+                items.c.tenant_id == tenant_id,
+                items.c.conversation_id == conv_id,
+                items.c.type == "compaction",
+                items.c.seq > lo,
+                items.c.seq <= high,
+            )
+            .order_by(items.c.seq.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            continue
+        seq, item_id, kind, response_id, tokens, raw, created_at, origin = row
+        found = StoredItem(
+            tenant_id=tenant_id,
+            conversation_id=conv_id,
+            seq=seq,
+            id=item_id,
+            type=kind,
+            raw=raw,
+            response_id=response_id,
+            created_at=created_at,
+            tokens=tokens,
+            origin=origin,
+        )
+        through = seq - 1
+        if origin == "output":
+            read = read_compaction(str(found.data.get("encrypted_content", "")))
+            if read is not None and read[2] is not None and 0 <= read[2] < seq:
+                through = read[2]
+        return found, through
+    return None, 0
+
+
 def read_window(conn: sa.Connection, conv: Conversation, budget: int, upto: int | None = None) -> Window:
-    """The newest items up to seq `upto` that fit `budget` tokens, oldest first, read newest-first."""
+    """The newest items up to seq `upto` that fit `budget` tokens, oldest first, read newest-first,
+    down to the newest compaction item's range (which it stands for)."""
     segments = lineage(conn, conv)
+    compaction, start = newest_compaction(conn, conv.tenant_id, segments, upto)
     chosen: list[StoredItem] = []
     used = 0
     bound: int | None = None if upto is None else upto + 1
     while True:
-        page = scan(conn, conv.tenant_id, segments, descending=True, limit=_WINDOW_PAGE, bound=bound)
+        page = scan(
+            conn, conv.tenant_id, segments, descending=True, limit=_WINDOW_PAGE, bound=bound, floor=start
+        )
         for item in page:
-            if used + item.tokens > budget:
-                chosen.reverse()
-                return Window(items=chosen, tokens=used, truncated=True)
+            if compaction is not None and item.seq == compaction.seq:
+                continue  # it stands first, for what it covers
+            if item.type != "compaction":  # an older summary costs nothing: it will not go in
+                if used + item.tokens > budget:
+                    chosen.reverse()
+                    return Window(chosen, used, True, compaction, start, conv.id)
+                used += item.tokens
             chosen.append(item)
-            used += item.tokens
         if len(page) < _WINDOW_PAGE:
             chosen.reverse()
-            return Window(items=chosen, tokens=used, truncated=False)
+            return Window(chosen, used, False, compaction, start, conv.id)
         bound = page[-1].seq
 
 
@@ -447,3 +499,27 @@ class ConversationRepository:
         with self.db.read() as conn:
             conv = load_conversation(conn, tenant_id, conversation_id)
             return read_window(conn, conv, budget, upto)
+
+    def read_range(
+        self, tenant_id: str, conversation_id: str, *, after_seq: int, before_seq: int, limit_tokens: int
+    ) -> tuple[list[StoredItem], bool]:
+        """The lineage's items after seq `after_seq` and before seq `before_seq`, oldest first, up to
+        about `limit_tokens` (stored estimates); and whether they reach `before_seq`."""
+        out: list[StoredItem] = []
+        used = 0
+        with self.db.read() as conn:
+            conv = load_conversation(conn, tenant_id, conversation_id)
+            segments = lineage(conn, conv)
+            bound = after_seq
+            while True:
+                page = scan(conn, tenant_id, segments, descending=False, limit=_WINDOW_PAGE, bound=bound)
+                for item in page:
+                    if item.seq >= before_seq:
+                        return out, True
+                    if used + item.tokens > limit_tokens and out:
+                        return out, False
+                    used += item.tokens
+                    out.append(item)
+                if len(page) < _WINDOW_PAGE:
+                    return out, True
+                bound = page[-1].seq

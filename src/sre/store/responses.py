@@ -18,7 +18,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from sre.store.conversations import (
-    AnyItem,
     append_rows,
     dumps,
     id_equals,
@@ -32,6 +31,7 @@ from sre.store.model_calls import insert_model_call
 from sre.store.runs import finish_run
 from sre.store.schema import approvals, items, model_calls, responses, run_events, run_steps, runs
 from sre.types.errors import InvalidRequest, NotFound
+from sre.types.items import AnyItem
 from sre.types.records import (
     Conversation,
     Lease,
@@ -60,7 +60,7 @@ class TurnCommit:
     output_items: Sequence[AnyItem]
     store: bool
     keep_items: bool  # False for a failed turn: the conversation stays as it was
-    model_call: ModelCallRecord | None
+    model_calls: Sequence[ModelCallRecord]
     # A background run's lease and last events: the run ends in the same transaction (or not at all).
     run: tuple[Lease, list[dict[str, Any]]] | None = None
 
@@ -120,8 +120,8 @@ class ResponseRepository:
         with self.db.write() as conn:
             if turn.run is not None:
                 finish_run(conn, turn.run[0], turn.status, turn.run[1], responded=True)
-            if turn.model_call is not None:
-                insert_model_call(conn, turn.model_call)
+            for call in turn.model_calls:
+                insert_model_call(conn, call)
             if not turn.store and turn.conversation_id is None:
                 return None, [], []
             conv = self._target(conn, turn)

@@ -26,13 +26,13 @@ from sre.store.database import Database
 from sre.store.model_calls import insert_model_call
 from sre.store.schema import approvals, conversations, run_events, run_steps, runs
 from sre.types.errors import Conflict, NotFound
-from sre.types.records import Lease, ModelCallRecord, RunRecord, StepRecord
+from sre.types.records import ApprovalRecord, Lease, ModelCallRecord, RunRecord, StepRecord
+from sre.types.status import ACTIVE, CANCELLED, IN_PROGRESS, QUEUED, REQUIRES_ACTION, TERMINAL
+from sre.types.steps import RunPayload, step_data_from_stored
 
 if TYPE_CHECKING:
     from sre.store.listener import RunListener
 
-TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
-ACTIVE = ("queued", "in_progress", "requires_action")
 NOTIFY_CHANNEL = "sre_runs"
 
 
@@ -51,7 +51,7 @@ def run_from_row(row: sa.Row[Any]) -> RunRecord:
         response_id=m["response_id"],
         principal_id=m["principal_id"],
         status=m["status"],
-        request=json.loads(m["request"]),
+        payload=RunPayload.model_validate(json.loads(m["request"])),
         attempts=m["attempts"],
         lease_owner=m["lease_owner"],
         lease_expires_at=m["lease_expires_at"],
@@ -87,7 +87,7 @@ def _held(lease: Lease) -> sa.ColumnElement[bool]:
         runs.c.response_id == lease.response_id,
         runs.c.lease_owner == lease.owner,
         runs.c.attempts == lease.attempt,
-        runs.c.status == "in_progress",
+        runs.c.status == IN_PROGRESS,
     )
 
 
@@ -108,8 +108,8 @@ def _runnable() -> sa.ColumnElement[bool]:
         ),
     )
     return sa.or_(
-        sa.and_(runs.c.status == "queued", sa.or_(runs.c.conversation_id.is_(None), ~blocked)),
-        sa.and_(runs.c.status == "in_progress", runs.c.lease_expires_at < _now_ms()),
+        sa.and_(runs.c.status == QUEUED, sa.or_(runs.c.conversation_id.is_(None), ~blocked)),
+        sa.and_(runs.c.status == IN_PROGRESS, runs.c.lease_expires_at < _now_ms()),
     )
 
 
@@ -150,7 +150,7 @@ def cancel_now(conn: sa.Connection, run: RunRecord) -> None:
     conn.execute(
         runs.update()
         .where(_this(run.tenant_id, run.response_id))
-        .values(status="cancelled", lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
+        .values(status=CANCELLED, lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
     )
     _cancel_approvals(conn, run)
     conn.execute(
@@ -162,7 +162,7 @@ def cancel_now(conn: sa.Connection, run: RunRecord) -> None:
 
 
 def cancelled_object(run: RunRecord) -> dict[str, Any]:
-    return {**run.request["response"], "status": "cancelled"}
+    return {**run.payload.response, "status": CANCELLED}
 
 
 def finish_run(
@@ -214,7 +214,7 @@ def _step_rows(lease: Lease, steps: Sequence[StepRecord]) -> list[dict[str, Any]
             call_id=s.call_id,
             kind=s.kind,
             status=s.status,
-            data=dumps(s.data),
+            data=dumps(s.data.model_dump(mode="json")),
             created_at=now,
         )
         for s in steps
@@ -263,8 +263,8 @@ def requeue_if_ready(conn: sa.Connection, tenant_id: str, response_id: str) -> b
         return False
     done = conn.execute(
         runs.update()
-        .where(_this(tenant_id, response_id), runs.c.status == "requires_action")
-        .values(status="queued", updated_at=int(time.time()))
+        .where(_this(tenant_id, response_id), runs.c.status == REQUIRES_ACTION)
+        .values(status=QUEUED, updated_at=int(time.time()))
     ).rowcount
     if done:
         _notify(conn)
@@ -280,7 +280,7 @@ class RunRepository:
         tenant_id: str,
         response_id: str,
         principal_id: str,
-        request: dict[str, Any],
+        payload: RunPayload,
         first: dict[str, Any],
         *,
         conversation_id: str | None = None,
@@ -324,7 +324,7 @@ class RunRepository:
                         code="conversation_busy",
                     )
                 for run in active if policy == "interrupt" else []:
-                    if run.status == "in_progress":
+                    if run.status == IN_PROGRESS:
                         conn.execute(
                             runs.update()
                             .where(_this(tenant_id, run.response_id))
@@ -333,7 +333,7 @@ class RunRepository:
                     else:
                         cancel_now(conn, run)
                 # Interrupted runs that were not running are gone now; a running one stops at its next step.
-                startable = not [r for r in active if policy != "interrupt" or r.status == "in_progress"]
+                startable = not [r for r in active if policy != "interrupt" or r.status == IN_PROGRESS]
             claim = owner is not None and startable
             conn.execute(
                 runs.insert(),
@@ -341,8 +341,8 @@ class RunRepository:
                     tenant_id=tenant_id,
                     response_id=response_id,
                     principal_id=principal_id,
-                    status="in_progress" if claim else "queued",
-                    request=dumps(request),
+                    status=IN_PROGRESS if claim else QUEUED,
+                    request=dumps(payload.model_dump(mode="json")),
                     attempts=1 if claim else 0,
                     lease_owner=owner if claim else None,
                     lease_expires_at=_now_ms() + int(lease_seconds * 1000) if claim else None,
@@ -405,7 +405,7 @@ class RunRepository:
                 runs.update()
                 .where(_this(run.tenant_id, run.response_id))
                 .values(
-                    status="in_progress",
+                    status=IN_PROGRESS,
                     attempts=attempt,
                     lease_owner=worker_id,
                     lease_expires_at=now + int(lease_seconds * 1000),
@@ -466,7 +466,11 @@ class RunRepository:
             )
             return [
                 StepRecord(
-                    step=r.step, call_id=r.call_id, kind=r.kind, status=r.status, data=json.loads(r.data)
+                    step=r.step,
+                    call_id=r.call_id,
+                    kind=r.kind,
+                    status=r.status,
+                    data=step_data_from_stored(r.kind, json.loads(r.data)),
                 )
                 for r in rows
             ]
@@ -478,16 +482,16 @@ class RunRepository:
         events: Sequence[dict[str, Any]],
         lease_seconds: float,
         *,
-        model_call: ModelCallRecord | None = None,
+        model_calls: Sequence[ModelCallRecord] = (),
         cursor: int | None = None,
     ) -> bool:
-        """One transaction: journal rows, the step's events, its model call record and the run's cursor
-        (the committed step count and last event), renewing the lease; return whether to cancel."""
+        """One transaction: journal rows, the step's events, its model call records and the run's
+        cursor (the committed step count and last event), renewing the lease; return whether to cancel."""
         with self.db.write() as conn:
             cancel = self._renew(conn, lease, lease_seconds)
             put_steps(conn, lease.tenant_id, lease.response_id, steps)
-            if model_call is not None:
-                insert_model_call(conn, model_call)
+            for call in model_calls:
+                insert_model_call(conn, call)
             values: dict[str, Any] = {}
             if events:
                 conn.execute(
@@ -506,17 +510,19 @@ class RunRepository:
         lease: Lease,
         steps: Sequence[StepRecord],
         events: Sequence[dict[str, Any]],
-        new_approvals: Sequence[dict[str, Any]],
+        new_approvals: Sequence[ApprovalRecord],
     ) -> bool:
         """Stop the run in `requires_action`: pending client calls (journal rows) and approvals are
         written with its last events, and the lease is let go. If everything it waits for was already
         decided, it goes back to the queue instead; return whether it paused."""
         with self.db.write() as conn:
-            if not conn.execute(runs.update().where(_held(lease)).values(status="requires_action")).rowcount:
+            if not conn.execute(runs.update().where(_held(lease)).values(status=REQUIRES_ACTION)).rowcount:
                 raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
             put_steps(conn, lease.tenant_id, lease.response_id, steps)
             if new_approvals:
-                conn.execute(approvals.insert(), list(new_approvals))
+                from sre.store.approvals import approval_row  # it imports this module
+
+                conn.execute(approvals.insert(), [approval_row(a) for a in new_approvals])
             values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
             if events:
                 conn.execute(
@@ -565,15 +571,15 @@ class RunRepository:
                 )
                 .limit(1)
             ).first()
-            if run.status in ("queued", "requires_action") and ran_tools is None:
+            if run.status in (QUEUED, REQUIRES_ACTION) and ran_tools is None:
                 cancel_now(conn, run)
                 return run_from_row(conn.execute(sa.select(runs).where(where)).one())
             # A running run stops at its next chunk or step; a paused one whose tools ran goes back
             # to the queue to end there, so that what ran joins the conversation.
             conn.execute(runs.update().where(where).values(cancel_requested=True))
-            if run.status == "requires_action":
+            if run.status == REQUIRES_ACTION:
                 _cancel_approvals(conn, run)
-                conn.execute(runs.update().where(where).values(status="queued"))
+                conn.execute(runs.update().where(where).values(status=QUEUED))
                 _notify(conn)
             return run_from_row(conn.execute(sa.select(runs).where(where)).one())
 
@@ -613,7 +619,7 @@ class RunRepository:
         with self.db.read() as conn:
             rows = conn.execute(
                 sa.select(runs.c.lease_owner)
-                .where(runs.c.status == "in_progress", runs.c.lease_owner.startswith(prefix, autoescape=True))
+                .where(runs.c.status == IN_PROGRESS, runs.c.lease_owner.startswith(prefix, autoescape=True))
                 .distinct()
             )
             return [r.lease_owner for r in rows]
@@ -623,7 +629,7 @@ class RunRepository:
         with self.db.write() as conn:
             return conn.execute(
                 runs.update()
-                .where(runs.c.status == "in_progress", runs.c.lease_owner == owner)
+                .where(runs.c.status == IN_PROGRESS, runs.c.lease_owner == owner)
                 .values(lease_expires_at=0)
             ).rowcount
 

@@ -82,6 +82,15 @@ items = sa.Table(
 )
 sa.Index("ux_items_id", items.c.tenant_id, items.c.id, unique=True)
 sa.Index("ix_items_response", items.c.tenant_id, items.c.response_id, items.c.seq)
+# 0006: a conversation's newest compaction item is one probe of this (partial) index.
+sa.Index(
+    "ix_items_compaction",
+    items.c.tenant_id,
+    items.c.conversation_id,
+    items.c.seq,
+    sqlite_where=items.c.type == "compaction",
+    postgresql_where=items.c.type == "compaction",
+)
 
 responses = sa.Table(
     "responses",

@@ -15,11 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sre.types.errors import InvalidRequest
+from sre.types.context import ContextPolicy
+from sre.types.errors import InvalidField, InvalidRequest
 from sre.types.items import validate_metadata
 from sre.types.requests import FunctionToolParam
 
-AGENT_SCHEMA_VERSION = 1
+AGENT_SCHEMA_VERSION = 2  # 2: `context` and `compaction_model` (version 1 had neither: defaults)
 MAX_AGENT_VERSION = 2**31 - 1  # versions are 32-bit integers in the store
 NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
 MAX_TOOLS = 128
@@ -55,11 +56,6 @@ Tools = Annotated[list[AgentTool], Field(max_length=MAX_TOOLS)]
 
 def tool_key(tool: FunctionToolParam | ServerToolParam | MCPToolParam) -> str:
     return f"mcp:{tool.server_label}" if isinstance(tool, MCPToolParam) else tool.name
-
-
-class InvalidField(InvalidRequest, ValueError):
-    """An `InvalidRequest` raised inside a validator: pydantic reports it as a validation error (so
-    the HTTP layer still authenticates first), and the error mapping hands it back unchanged."""
 
 
 def _metadata(value: object) -> dict[str, str]:
@@ -133,6 +129,8 @@ class AgentDefinition(BaseModel):
     limits: AgentLimits = Field(default_factory=AgentLimits)
     approval: AgentApproval = Field(default_factory=AgentApproval)
     concurrency: Concurrency = "reject"
+    context: ContextPolicy = Field(default_factory=ContextPolicy)
+    compaction_model: ModelName | None = None  # None: the server's compaction model (else its default)
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -158,7 +156,7 @@ class AgentDefinition(BaseModel):
     def from_stored(cls, name: str, stored: dict[str, Any]) -> AgentDefinition:
         data = dict(stored)
         version = data.pop("schema_version", None)
-        if version != AGENT_SCHEMA_VERSION:
+        if version not in (1, AGENT_SCHEMA_VERSION):  # version 1 reads as 2 with default context
             raise ValueError(f"agent '{name}' was stored with unknown schema version {version!r}")
         return cls.model_validate({**data, "name": name})
 
@@ -175,6 +173,8 @@ class UpdateAgent(BaseModel):
     limits: AgentLimits | None = None
     approval: AgentApproval | None = None
     concurrency: Concurrency | None = None
+    context: ContextPolicy | None = None
+    compaction_model: ModelName | None = None
 
     @field_validator("metadata", mode="before")
     @classmethod

@@ -49,6 +49,11 @@ class InvalidRequest(SREError):
     error_type = "invalid_request_error"
 
 
+class InvalidField(InvalidRequest, ValueError):
+    """An `InvalidRequest` raised inside a pydantic validator: pydantic reports it as a validation
+    error (so the HTTP layer still authenticates first), and the error mapping hands it back unchanged."""
+
+
 class Unauthenticated(SREError):
     """No key, an unknown key or a revoked key (HTTP 401)."""
 

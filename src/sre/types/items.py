@@ -7,6 +7,9 @@ formats. Each stored item has an id and a status. This module knows nothing of s
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -87,10 +90,70 @@ class FunctionCallOutput(_Item):
         return "".join(p.text for p in self.output if isinstance(p, InputText | OutputText))
 
 
-Item = Annotated[Message | FunctionCall | FunctionCallOutput, Field(discriminator="type")]
-ITEM_ADAPTER: TypeAdapter[Message | FunctionCall | FunctionCallOutput] = TypeAdapter(Item)
-ITEM_TYPES = ("message", "function_call", "function_call_output")
-ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+class CompactionCovers(BaseModel):
+    """SRE's own: the range of conversation items a compaction item stands for, first to last
+    (inclusive, earlier compaction items among them)."""
+
+    model_config = ConfigDict(extra="ignore")
+    first_item_id: str | None = None
+    last_item_id: str | None = None
+    items: int = 0
+
+
+class Compaction(_Item):
+    """A summary that stands for the oldest items of a conversation (OpenAI's `compaction` item).
+
+    `encrypted_content` is opaque to clients: SRE puts the summary and the range it covers there
+    (`sre1.` and base64 JSON), so a compaction item round-trips through any client. `summary` and
+    `covers` are SRE's own, readable copies. The model sees the summary as a user-role message:
+    a client that forges one gains nothing it could not say in a message.
+    """
+
+    type: Literal["compaction"] = "compaction"
+    encrypted_content: str = Field(min_length=1, max_length=1_000_000)
+    created_by: str | None = None
+    summary: str | None = None
+    covers: CompactionCovers | None = None
+    status: ItemStatus = "completed"
+
+    def text(self) -> str:
+        return self.summary or ""
+
+
+_COMPACTION_PREFIX = "sre1."
+
+
+def compaction_content(summary: str, covers: CompactionCovers, through_seq: int | None) -> str:
+    """The opaque `encrypted_content` of a compaction item SRE makes (`through_seq`: the position of
+    its last covered item in its conversation's lineage)."""
+    payload = {"summary": summary, "covers": covers.model_dump(), "through_seq": through_seq}
+    raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMPACTION_PREFIX + base64.urlsafe_b64encode(raw).decode()
+
+
+def read_compaction(content: str) -> tuple[str, CompactionCovers, int | None] | None:
+    """The summary, range and last covered position a compaction item's content holds; None for
+    content SRE did not make."""
+    if not content.startswith(_COMPACTION_PREFIX):
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(content[len(_COMPACTION_PREFIX) :].encode()))
+        summary = payload["summary"]
+        covers = CompactionCovers.model_validate(payload.get("covers") or {})
+        through = payload.get("through_seq")
+    except (ValueError, KeyError, TypeError, binascii.Error, ValidationError):
+        return None
+    if not isinstance(summary, str) or not (through is None or isinstance(through, int)):
+        return None
+    return summary, covers, through
+
+
+ModelItem = Message | FunctionCall | FunctionCallOutput  # what a model is sent
+AnyItem = Message | FunctionCall | FunctionCallOutput | Compaction  # what a conversation holds
+Item = Annotated[AnyItem, Field(discriminator="type")]
+ITEM_ADAPTER: TypeAdapter[AnyItem] = TypeAdapter(Item)
+ITEM_TYPES = ("message", "function_call", "function_call_output", "compaction")
+ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "compaction": "cmp"}
 
 
 def _normalise(raw: object, where: str) -> dict[str, Any]:
@@ -137,20 +200,31 @@ def _where(prefix: str, loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_item(raw: object, where: str) -> Message | FunctionCall | FunctionCallOutput:
+def parse_item(raw: object, where: str) -> AnyItem:
     """Validate one item from a request; raise `InvalidRequest` naming the offending field."""
     item = _normalise(raw, where)
     try:
-        return ITEM_ADAPTER.validate_python(item)
+        parsed = ITEM_ADAPTER.validate_python(item)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = _where(where, tuple(err["loc"]))
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             field += "." + str((err.get("ctx") or {}).get("discriminator", "type")).strip("'")
         raise InvalidRequest(f"Invalid value for '{field}': {err['msg']}.", param=field) from None
+    if isinstance(parsed, Compaction):  # its readable fields come from its content, never the client
+        read = read_compaction(parsed.encrypted_content)
+        if read is None:
+            raise InvalidRequest(
+                f"Invalid value for '{where}.encrypted_content': this compaction item was not made by "
+                "this server (SRE reads only its own).",
+                param=f"{where}.encrypted_content",
+                code="invalid_compaction",
+            )
+        parsed = parsed.model_copy(update={"summary": read[0], "covers": read[1], "created_by": "sre"})
+    return parsed
 
 
-def parse_input_items(raw: object, where: str = "input") -> list[Message | FunctionCall | FunctionCallOutput]:
+def parse_input_items(raw: object, where: str = "input") -> list[AnyItem]:
     """Turn a request's `input` (a string or a list of items) into validated items."""
     if isinstance(raw, str):
         return [Message(role="user", content=[InputText(text=raw)])]
@@ -159,21 +233,19 @@ def parse_input_items(raw: object, where: str = "input") -> list[Message | Funct
     return [parse_item(entry, f"{where}[{i}]") for i, entry in enumerate(raw)]
 
 
-def item_to_dict(item: Message | FunctionCall | FunctionCallOutput) -> dict[str, Any]:
+def item_to_dict(item: AnyItem) -> dict[str, Any]:
     return item.model_dump(mode="json", exclude_none=True)
 
 
-def item_from_json(raw: str) -> Message | FunctionCall | FunctionCallOutput:
+def item_from_json(raw: str) -> AnyItem:
     """A stored item straight from its JSON (parsed and validated in one pass, in pydantic-core)."""
     return ITEM_ADAPTER.validate_json(raw)
 
 
-def estimate_tokens(item: Message | FunctionCall | FunctionCallOutput) -> int:
-    """A cheap, deterministic token estimate (4 characters a token, plus framing).
-
-    Exact counts per tokenizer arrive with the model gateway; this one only sizes context windows.
-    """
-    if isinstance(item, Message):
+def estimate_tokens(item: AnyItem) -> int:
+    """A cheap, deterministic token estimate (4 characters a token, plus framing): what the store
+    records per item. Models count with their own tokenizers (`sre.models.tokens`)."""
+    if isinstance(item, Message | Compaction):
         chars = len(item.text())
     elif isinstance(item, FunctionCall):
         chars = len(item.name) + len(item.arguments)

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sre.types.steps import RunPayload, StepData
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -59,6 +61,7 @@ class StoredItem:
         "conversation_id",
         "created_at",
         "id",
+        "origin",
         "raw",
         "response_id",
         "seq",
@@ -80,6 +83,7 @@ class StoredItem:
         created_at: int,
         tokens: int,
         data: dict[str, Any] | None = None,
+        origin: str = "input",
     ) -> None:
         self.tenant_id = tenant_id
         self.conversation_id = conversation_id
@@ -90,6 +94,7 @@ class StoredItem:
         self.response_id = response_id
         self.created_at = created_at
         self.tokens = tokens
+        self.origin = origin  # "input" or "output" of its response
         self._data = data
 
     @property
@@ -168,11 +173,19 @@ class UsageRow:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """The newest items of a conversation that fit a token budget, oldest first."""
+    """The newest items of a conversation that fit a token budget, oldest first (stored estimates).
+
+    When the conversation holds a compaction item, the items it covers are not read: `compaction` is
+    the newest one and `items` only what came after the last item it covers (the compaction item
+    itself is not among them). `truncated`: older items exist that did not fit.
+    """
 
     items: list[StoredItem]
     tokens: int
-    truncated: bool  # older items exist that did not fit
+    truncated: bool
+    compaction: StoredItem | None = None
+    start_seq: int = 0  # the position the window starts after (a compaction's last covered item)
+    conversation_id: str | None = None  # whose lineage it was read from (None: no conversation yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +203,7 @@ class RunRecord:
     response_id: str
     principal_id: str
     status: str  # queued, in_progress, requires_action, completed, incomplete, failed, cancelled
-    request: dict[str, Any]  # {"request": CreateResponse JSON, "response": the queued response object, ...}
+    payload: RunPayload  # the validated request and the queued response object
     attempts: int
     lease_owner: str | None
     lease_expires_at: int | None  # epoch milliseconds
@@ -207,9 +220,9 @@ class StepRecord:
 
     step: int
     call_id: str
-    kind: str  # model, tool, client
-    status: str  # started, completed
-    data: dict[str, Any]
+    kind: str  # model, tool, client, compaction
+    status: str  # started, pending, completed
+    data: StepData
 
 
 @dataclass(frozen=True, slots=True)

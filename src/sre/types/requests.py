@@ -33,6 +33,40 @@ class ToolChoiceFunction(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=64)]
 
 
+# OpenAI's `include` values (accepted; SRE has none of the items they name yet) and SRE's own.
+INCLUDABLE = (
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+    "context_manifest",  # SRE's own: what went into each model call
+)
+Includable = Literal[
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+    "context_manifest",
+]
+
+
+class ContextManagement(BaseModel):
+    """An entry of `context_management`: compact the oldest history when it no longer fits the
+    model's window, or once it passes `compact_threshold` tokens."""
+
+    model_config = _STRICT
+    type: Literal["compaction"]
+    compact_threshold: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+
+
 class ConversationRef(BaseModel):
     model_config = _STRICT
     id: Annotated[str, Field(min_length=1, max_length=64)]
@@ -69,9 +103,10 @@ class CreateResponse(_WithMetadata):
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
     parallel_tool_calls: bool | None = None
     truncation: Literal["auto", "disabled"] | None = None
+    context_management: Annotated[list[ContextManagement], Field(max_length=8)] | None = None
+    include: Annotated[list[Includable], Field(max_length=16)] | None = None
     # Accepted for compatibility with OpenAI clients; SRE does not act on them yet.
     user: str | None = None
-    include: list[str] | None = None
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     service_tier: str | None = None
@@ -104,6 +139,23 @@ class CountInputTokens(BaseModel):
 
     def as_response_request(self) -> CreateResponse:
         return CreateResponse.model_validate(self.model_dump(exclude_none=True), strict=False)
+
+
+class CompactResponse(BaseModel):
+    """`POST /v1/responses/compact`: the context a request would send (its `input` after the chain
+    of `previous_response_id`), compacted: its user messages and one compaction item."""
+
+    model_config = _STRICT
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    previous_response_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    # Accepted for compatibility with OpenAI clients; SRE does not act on them.
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    service_tier: str | None = None
+    image: dict[str, Any] | None = None
 
 
 class CreateEmbeddings(BaseModel):
@@ -161,11 +213,13 @@ def _loc(loc: tuple[int | str, ...]) -> str:
             "ConversationRef",
             "ToolChoiceFunction",
             "FunctionToolParam",
+            "ContextManagement",
             "list[any]",
             "dict[str,any]",
             "function",
             "server",
             "mcp",
+            "[key]",  # a mapping's key failed: the field is the key itself
         ):
             continue  # a union branch's name, not a field
         else:

@@ -1,8 +1,9 @@
-"""Turning a model's event stream into output items and OpenAI streaming events.
+"""The model's output stream, assembled: output items and OpenAI streaming events.
 
-The assembler is fed `ModelEvent`s in order and keeps the output items the turn will store; when
-asked, it also produces the Responses streaming events for each step (item added, deltas, done).
-Pure bookkeeping: no I/O, no store.
+`OutputAssembler` is fed a model call's `ModelEvent`s in order and keeps the output items the step
+will store; when asked, it also produces the Responses streaming events for them (item added,
+deltas, done). (What goes *into* a model call is `sre.context`'s business.) Pure bookkeeping: no
+I/O, no store.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class _Call:
         }
 
 
-class Assembler:
+class OutputAssembler:
     def __init__(self, *, events: bool, offset: int = 0) -> None:
         self.want_events = events
         self.offset = offset  # output items before this model call's (earlier steps of a run)
@@ -178,6 +179,9 @@ class Assembler:
             "".join(entry.parts) if isinstance(entry, _Text) else entry.name + "".join(entry.arguments)
             for entry in self.outputs
         )
+
+    def has_calls(self) -> bool:
+        return bool(self.calls)
 
     def items(self) -> list[Message | FunctionCall]:
         """The output as validated items, ids included, ready to store."""

@@ -1,0 +1,86 @@
+"""Plain turns: a turn that names no agent and is not background, run now for a waiting client.
+
+It goes through the same run engine and model step as every durable run, with a lighter ledger
+(`TurnLedger`): no run row and no journal in the store, one commit at its end. It runs in a task of
+its own, so a client that goes away does not lose the turn; its events (or only its final one)
+arrive on a queue. No SQL and no HTTP here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sre.engine.journal import DONE, TurnLedger
+from sre.engine.runs import RunEngine
+from sre.engine.turn import PreparedTurn
+from sre.types.errors import ModelError, SREError
+
+Event = dict[str, Any]
+
+
+class PlainTurns:
+    def __init__(self, engine: RunEngine) -> None:
+        self.engine = engine
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, turn: PreparedTurn, *, events: bool) -> asyncio.Queue[Any]:
+        """Run the turn in its own task; its events (and finally `DONE`) arrive on the queue."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(self._drive(turn, queue, events=events))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return queue
+
+    async def stream(self, turn: PreparedTurn) -> AsyncIterator[Event]:
+        queue = self.start(turn, events=True)
+        last = -1
+        while True:
+            event = await queue.get()
+            if event is DONE:
+                return
+            if isinstance(event, dict):
+                last = event["sequence_number"]
+                yield event
+            elif isinstance(event, SREError):  # the turn could not be committed: say so, last
+                yield {
+                    "type": "error",
+                    "code": event.code or event.error_type,
+                    "message": event.message,
+                    "param": event.param,
+                    "sequence_number": last + 1,
+                }
+
+    async def respond(self, turn: PreparedTurn) -> Event:
+        queue = self.start(turn, events=False)
+        final: Event | None = None
+        while True:
+            event = await queue.get()
+            if event is DONE:
+                break
+            if isinstance(event, SREError):
+                raise event
+            final = event["response"]
+        assert final is not None
+        return final
+
+    async def _drive(self, turn: PreparedTurn, queue: asyncio.Queue[Any], *, events: bool) -> None:
+        try:
+            await self.engine.execute(turn, TurnLedger(self.engine.store, queue, events=events))
+        except Exception as exc:  # the task must always end the queue
+            error = (
+                exc
+                if isinstance(exc, SREError)
+                else ModelError(f"internal error: {type(exc).__name__}: {exc}")
+            )
+            queue.put_nowait(error)
+        finally:
+            queue.put_nowait(DONE)
+
+    async def aclose(self) -> None:
+        """Let running turns finish (they commit), up to a bound, then cancel the rest."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=10)
+            for task in pending:
+                task.cancel()

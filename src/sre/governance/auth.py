@@ -1,0 +1,92 @@
+"""Who is calling: an API key from an `Authorization: Bearer` header, the local user of the embedded
+setup (`--no-auth`, the first-start key) or the CLI acting within a tenant; and the keys themselves.
+
+Keys are hashed at rest (`sre.store.keys`); a lookup is one indexed read per request, so a revoked
+key is refused by every process at once.
+"""
+
+from __future__ import annotations
+
+from sre.store import Store
+from sre.types.errors import InvalidRequest, Unauthenticated
+from sre.types.records import ApiKey, Caller, Principal
+
+LOCAL_TENANT = "default"
+LOCAL_PRINCIPAL = "local"
+CLI_PRINCIPAL = "cli"
+
+
+class Authenticator:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._local: Caller | None = None
+
+    def from_header(self, header: str | None) -> Caller:
+        """The caller an `Authorization` header names; `Unauthenticated` when it names none."""
+        scheme, _, secret = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated(
+                "You didn't provide an API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
+        return self.authenticate(secret.strip())
+
+    def authenticate(self, secret: str) -> Caller:
+        caller = self.store.keys.authenticate(secret)
+        if caller is None:
+            raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
+        return caller
+
+    def local_caller(self) -> Caller:
+        """The caller of the embedded, single-user setup (`--no-auth`, first-start key)."""
+        if self._local is None:
+            tenant_id = self.store.keys.ensure_tenant(LOCAL_TENANT)
+            principal = self.store.keys.ensure_principal(tenant_id, LOCAL_PRINCIPAL)
+            self._local = Caller(tenant_id=tenant_id, principal_id=principal.id)
+        return self._local
+
+    def tenant_caller(self, tenant: str | None, principal: str | None = None) -> Caller:
+        """Act within a tenant: as `principal` (created if new), else as its `cli` service principal,
+        or, with no tenant named, as the local user."""
+        tenant_id = self.store.keys.find_tenant(tenant or LOCAL_TENANT)
+        if tenant_id is None:
+            raise InvalidRequest(f"no tenant named {tenant or LOCAL_TENANT!r}", param="tenant")
+        if principal is not None:
+            found = self.store.keys.ensure_principal(tenant_id, principal)
+        elif tenant is None:
+            found = self.store.keys.ensure_principal(tenant_id, LOCAL_PRINCIPAL, "user")
+        else:
+            found = self.store.keys.ensure_principal(tenant_id, CLI_PRINCIPAL, "service")
+        return Caller(tenant_id=tenant_id, principal_id=found.id)
+
+    def principal(self, caller: Caller) -> Principal:
+        return self.store.keys.get_principal(caller.tenant_id, caller.principal_id)
+
+    def create_key(self, tenant: str, principal: str, name: str = "default") -> tuple[ApiKey, str]:
+        tenant_id = self.store.keys.ensure_tenant(tenant)
+        found = self.store.keys.ensure_principal(tenant_id, principal)
+        return self.store.keys.create_key(tenant_id, found.id, name)
+
+    def bootstrap_local_key(self) -> str | None:
+        """On the first start of an embedded store, create and return a key for the local user."""
+        if self.store.keys.list_keys():
+            return None
+        caller = self.local_caller()
+        _, secret = self.store.keys.create_key(caller.tenant_id, caller.principal_id, "local")
+        return secret
+
+    def list_keys(self, tenant: str | None = None) -> list[tuple[ApiKey, str, str]]:
+        """Keys (never their secrets) with their tenant's and principal's names."""
+        keys = self.store.keys
+        tenant_id = None
+        if tenant is not None:
+            tenant_id = keys.find_tenant(tenant)
+            if tenant_id is None:
+                raise InvalidRequest(f"no tenant named {tenant!r}", param="tenant")
+        tenants, principals = keys.tenant_names(), keys.principal_names()
+        return [
+            (k, tenants.get(k.tenant_id, "?"), principals.get((k.tenant_id, k.principal_id), "?"))
+            for k in keys.list_keys(tenant_id)
+        ]
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        return self.store.keys.revoke_key(key_id)
