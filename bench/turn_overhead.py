@@ -4,18 +4,24 @@ For each size N (items already stored in the conversation, seeded in bulk throug
 ~200-character messages alternating user/assistant), it times one turn (`truncation="auto"`,
 a ~200-character user message, the scripted model answering "ok" at once, context window 8,192):
 
-  * SRE in-process: `await Runtime.create_response(...)`;
+  * SRE in-process: `await Runtime.create_response(...)`, a plain turn (`model: "s"`) and an agent
+    turn without tools (`model: "agent:bench"`, a durable run: queued, leased, committed), taken
+    in turn on two conversations of the same size;
   * SRE over HTTP: the official `openai` client's `responses.create(...)` against a real
-    `sre serve` subprocess (scripted model, SQLite, `--no-auth`);
+    `sre serve` subprocess (scripted model, SQLite, `--no-auth`), plain and agent turns alike;
   * LangGraph: `graph.invoke(...)` of a minimal `StateGraph` (messages state with the
     `add_messages` reducer, one node appending a fixed "ok" `AIMessage`) checkpointed by
     `SqliteSaver` on a file, holding the same N messages (seeded by one invoke carrying them all).
 
-Every timed turn is end to end as the caller sees it (`time.perf_counter`); the model costs nothing,
-so all of it is the framework's own time. Prints a markdown table (median and p95 in ms).
+Both sides run SQLite in WAL mode at the same `synchronous` setting: NORMAL (SRE's default: a
+commit survives a crash of the process) and FULL (SQLite's own default, and `SqliteSaver`'s: it also
+survives a power cut), each a run of its own. For SRE's in-process turns it also reports the time
+the context assembly takes (the `ContextAssembler` alone) and the bytes of each model call's stored
+manifest. Every timed turn is end to end as the caller sees it (`time.perf_counter`); the model costs
+nothing, so all of it is the framework's own time. Prints markdown tables (median and p95 in ms).
 
     bench/.venv/bin/python bench/turn_overhead.py                      # the full run
-    bench/.venv/bin/python bench/turn_overhead.py --sizes 10,1000 --turns 50   # a quick check
+    bench/.venv/bin/python bench/turn_overhead.py --sizes 10,1000 --turns 50 --synchronous normal
 """
 
 from __future__ import annotations
@@ -36,7 +42,17 @@ from typing import Annotated, Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Server, machine, percentile, revision, seed_messages, sentence, summary_ms, today
+from _common import (
+    SCRIPTED_CONFIG,
+    Server,
+    machine,
+    percentile,
+    revision,
+    seed_messages,
+    sentence,
+    summary_ms,
+    today,
+)
 from sre.runtime import Runtime
 from sre.testing import ScriptedModel
 from sre.types.items import parse_input_items
@@ -72,9 +88,15 @@ class Series:
 @dataclass
 class SizeResult:
     size: int
+    synchronous: str = "normal"
     inproc: Series = field(default_factory=Series)
+    inproc_agent: Series = field(default_factory=Series)
     http: Series = field(default_factory=Series)
+    http_agent: Series = field(default_factory=Series)
     langgraph: Series = field(default_factory=Series)
+    assembly: Series = field(default_factory=Series)  # the context assembly of each in-process turn
+    manifest_bytes_median: float = float("nan")
+    manifest_bytes_max: float = float("nan")
     sre_seed_s: float = float("nan")
     sre_window_items: int = 0
     sre_db_mb: float = float("nan")
@@ -111,64 +133,110 @@ def seed_sre(runtime: Runtime, tenant_id: str, conversation_id: str, size: int) 
 
 async def sre_in_process(
     data_dir: Path, size: int, turns: int, warmup: int, inputs: list[str], result: SizeResult
-) -> str:
-    """Seed two conversations of `size` items (one for here, one for HTTP); time turns on the first."""
+) -> tuple[str, str]:
+    """Seed four conversations of `size` items (a plain and an agent one for here, and for HTTP);
+    time plain and agent turns, taken in turn, on the first two."""
     model = ScriptedModel(["ok"], name=MODEL, context_window=CONTEXT_WINDOW, record=False)
-    runtime = Runtime.open(data_dir=data_dir, models=[model], env={})
+    env = {"SRE_SQLITE_SYNCHRONOUS": result.synchronous}
+    runtime = Runtime.open(data_dir=data_dir, models=[model], env=env)
+    assembly: list[float] = []
+    assemble = runtime.context.assemble
+
+    async def timed_assemble(*args: Any, **kwargs: Any) -> Any:  # the benchmark's own instrument
+        t0 = time.perf_counter()
+        try:
+            return await assemble(*args, **kwargs)
+        finally:
+            assembly.append(time.perf_counter() - t0)
+
+    runtime.context.assemble = timed_assemble  # type: ignore[method-assign]
     try:
         caller = runtime.local_caller()
-        local = (await runtime.create_conversation(caller))["id"]
-        remote = (await runtime.create_conversation(caller))["id"]
+        await runtime.create_agent(caller, {"name": "bench", "model": MODEL})
+        plain, agent, remote, remote_agent = [
+            (await runtime.create_conversation(caller))["id"] for _ in range(4)
+        ]
         started = time.perf_counter()
-        seed_sre(runtime, caller.tenant_id, local, size)
+        seed_sre(runtime, caller.tenant_id, plain, size)
         result.sre_seed_s = time.perf_counter() - started
-        seed_sre(runtime, caller.tenant_id, remote, size)
+        for conv in (agent, remote, remote_agent):
+            seed_sre(runtime, caller.tenant_id, conv, size)
 
-        samples: list[float] = []
+        samples: dict[str, list[float]] = {"plain": [], "agent": []}
         last: dict[str, Any] = {}
         gc.collect()
         for i in range(warmup + turns):
-            request = {
-                "model": MODEL,
-                "input": inputs[i % len(inputs)],
-                "conversation": local,
-                "truncation": "auto",
-            }
-            t0 = time.perf_counter()
-            last = await runtime.create_response(caller, request)
-            elapsed = time.perf_counter() - t0
-            if last["status"] != "completed":
-                raise RuntimeError(f"turn did not complete: {last}")
-            if i >= warmup:
-                samples.append(elapsed)
+            for kind, conv, name in (("plain", plain, MODEL), ("agent", agent, "agent:bench")):
+                request = {
+                    "model": name,
+                    "input": inputs[i % len(inputs)],
+                    "conversation": conv,
+                    "truncation": "auto",
+                }
+                assembly_before = len(assembly)
+                t0 = time.perf_counter()
+                response = await runtime.create_response(caller, request)
+                elapsed = time.perf_counter() - t0
+                if response["status"] != "completed":
+                    raise RuntimeError(f"turn did not complete: {response}")
+                if i < warmup:
+                    del assembly[assembly_before:]
+                else:
+                    samples[kind].append(elapsed)
+                if kind == "plain":
+                    last = response
         calls = runtime.store.responses.model_calls(caller.tenant_id, last["id"])
-        result.sre_window_items = calls[-1].manifest["window"]["items"] if calls else 0
-        result.inproc = Series.of(samples)
-        return remote
+        manifest = calls[-1].manifest if calls else {}
+        result.sre_window_items = next(
+            (s["included"] for s in manifest.get("sections", []) if s["section"] == "history"), 0
+        )
+        with runtime.store.db.read() as conn:
+            sizes = sorted(
+                len(row[0])
+                for row in conn.exec_driver_sql(
+                    "SELECT manifest FROM model_calls WHERE manifest LIKE '{\"version\"%'"
+                )
+            )
+        result.manifest_bytes_median = percentile([float(v) for v in sizes], 50)
+        result.manifest_bytes_max = float(sizes[-1]) if sizes else float("nan")
+        result.inproc = Series.of(samples["plain"])
+        result.inproc_agent = Series.of(samples["agent"])
+        result.assembly = Series.of(assembly)
+        return remote, remote_agent
     finally:
         await runtime.aclose()
 
 
-def sre_over_http(data_dir: Path, conversation_id: str, turns: int, warmup: int, inputs: list[str]) -> Series:
+def sre_over_http(
+    data_dir: Path,
+    conversations: tuple[str, str],
+    turns: int,
+    warmup: int,
+    inputs: list[str],
+    synchronous: str,
+) -> tuple[Series, Series]:
+    """Plain and agent turns, taken in turn, through the official client against `sre serve`."""
     from openai import OpenAI
 
-    server = Server(data_dir).start()
+    config = SCRIPTED_CONFIG + f'\n[server]\nsqlite_synchronous = "{synchronous}"\n'
+    server = Server(data_dir, config).start()
     try:
         client = OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
-        samples: list[float] = []
+        samples: dict[str, list[float]] = {MODEL: [], "agent:bench": []}
         gc.collect()
         for i in range(warmup + turns):
-            t0 = time.perf_counter()
-            response = client.responses.create(
-                model=MODEL, input=inputs[i % len(inputs)], conversation=conversation_id, truncation="auto"
-            )
-            elapsed = time.perf_counter() - t0
-            if response.status != "completed" or response.output_text != "ok":
-                raise RuntimeError(f"turn did not complete: {response}")
-            if i >= warmup:
-                samples.append(elapsed)
+            for conv, name in zip(conversations, (MODEL, "agent:bench"), strict=True):
+                t0 = time.perf_counter()
+                response = client.responses.create(
+                    model=name, input=inputs[i % len(inputs)], conversation=conv, truncation="auto"
+                )
+                elapsed = time.perf_counter() - t0
+                if response.status != "completed" or response.output_text != "ok":
+                    raise RuntimeError(f"turn did not complete: {response}")
+                if i >= warmup:
+                    samples[name].append(elapsed)
         client.close()
-        return Series.of(samples)
+        return Series.of(samples[MODEL]), Series.of(samples["agent:bench"])
     finally:
         server.stop()
 
@@ -188,6 +256,7 @@ def langgraph_state() -> type:
 def langgraph_turns(
     db_path: Path, size: int, turns: int, warmup: int, inputs: list[str], budget_s: float, result: SizeResult
 ) -> None:
+    """As SRE's, at the same `synchronous` setting (SqliteSaver puts the file in WAL mode itself)."""
     """Time `graph.invoke` per turn over SqliteSaver; stop early (after a few turns) past `budget_s`."""
     from langchain_core.messages import AIMessage, HumanMessage
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -204,6 +273,7 @@ def langgraph_turns(
     builder.add_edge("model", END)
 
     conn = sqlite3.connect(str(db_path), check_same_thread=False)
+    conn.execute(f"PRAGMA synchronous={result.synchronous.upper()}")
     try:
         saver = SqliteSaver(conn)
         graph = builder.compile(checkpointer=saver)
@@ -267,43 +337,94 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> str:
         f"{args.turns} timed turns after {args.warmup} warm-up turns per cell; ms per turn.",
         f"Machine: {machine()}. Date: {today()}. SRE code at commit {args.revision}. "
         f"1-minute load average at start / end: {args.load_start:.2f} / {os.getloadavg()[0]:.2f}.",
-        "",
-        "| Stored items | SRE in-process median | SRE in-process p95 | SRE HTTP median | SRE HTTP p95 "
-        "| LangGraph median | LangGraph p95 | LangGraph turns timed |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
-        lines.append(
-            f"| {r.size:,} | {fmt(r.inproc.median_ms)} | {fmt(r.inproc.p95_ms)} | {fmt(r.http.median_ms)} "
-            f"| {fmt(r.http.p95_ms)} | {fmt(r.langgraph.median_ms)} | {fmt(r.langgraph.p95_ms)} "
-            f"| {r.langgraph.turns or 'n/a'} |"
-        )
-    lines += [
-        "",
-        "SRE ÷ LangGraph, same size, same statistic (below 1: SRE adds less time than LangGraph):",
-        "",
-        "| Stored items | In-process ÷ LangGraph, median | In-process ÷ LangGraph, p95 "
-        "| HTTP ÷ LangGraph, median | HTTP ÷ LangGraph, p95 |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.size:,} | {ratio(r.inproc.median_ms, r.langgraph.median_ms)} "
-            f"| {ratio(r.inproc.p95_ms, r.langgraph.p95_ms)} "
-            f"| {ratio(r.http.median_ms, r.langgraph.median_ms)} | {ratio(r.http.p95_ms, r.langgraph.p95_ms)} |"
-        )
-    lines += [
-        "",
-        "| Stored items | SRE seed (s) | SRE window items (last turn) | SRE DB (MB, both convs) "
-        "| LangGraph seed (s) | LangGraph DB (MB) | LangGraph DB growth per turn (MB) | Note |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.size:,} | {fmt(r.sre_seed_s)} | {r.sre_window_items} | {fmt(r.sre_db_mb, 1)} "
-            f"| {fmt(r.lg_seed_s)} | {fmt(r.lg_db_mb, 1)} | {fmt(r.lg_db_mb_per_turn, 2)} | {r.langgraph.note} |"
-        )
+    for synchronous in dict.fromkeys(r.synchronous for r in results):
+        rows = [r for r in results if r.synchronous == synchronous]
+        lines += [
+            "",
+            f"**SQLite `synchronous={synchronous.upper()}` on both sides** (median / p95, ms):",
+            "",
+            "| Stored items | SRE plain, in-process | SRE agent, in-process | SRE plain, HTTP | SRE agent, HTTP "
+            "| LangGraph | LangGraph turns timed |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r.size:,} | {fmt(r.inproc.median_ms)} / {fmt(r.inproc.p95_ms)} "
+                f"| {fmt(r.inproc_agent.median_ms)} / {fmt(r.inproc_agent.p95_ms)} "
+                f"| {fmt(r.http.median_ms)} / {fmt(r.http.p95_ms)} "
+                f"| {fmt(r.http_agent.median_ms)} / {fmt(r.http_agent.p95_ms)} "
+                f"| {fmt(r.langgraph.median_ms)} / {fmt(r.langgraph.p95_ms)} | {r.langgraph.turns or 'n/a'} |"
+            )
+        lines += [
+            "",
+            "| Stored items | agent ÷ plain, in-process (median / p95) | agent ÷ plain, HTTP "
+            "| SRE plain in-process ÷ LangGraph | SRE plain HTTP ÷ LangGraph | SRE agent in-process ÷ LangGraph |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r.size:,} | {ratio(r.inproc_agent.median_ms, r.inproc.median_ms)} / "
+                f"{ratio(r.inproc_agent.p95_ms, r.inproc.p95_ms)} "
+                f"| {ratio(r.http_agent.median_ms, r.http.median_ms)} / {ratio(r.http_agent.p95_ms, r.http.p95_ms)} "
+                f"| {ratio(r.inproc.median_ms, r.langgraph.median_ms)} / {ratio(r.inproc.p95_ms, r.langgraph.p95_ms)} "
+                f"| {ratio(r.http.median_ms, r.langgraph.median_ms)} / {ratio(r.http.p95_ms, r.langgraph.p95_ms)} "
+                f"| {ratio(r.inproc_agent.median_ms, r.langgraph.median_ms)} / "
+                f"{ratio(r.inproc_agent.p95_ms, r.langgraph.p95_ms)} |"
+            )
+        lines += [
+            "",
+            "| Stored items | context assembly per turn (median / p95, ms) | manifest per model call "
+            "(median / max, bytes) | SRE window items (last turn) | SRE seed (s) | SRE DB (MB, 4 convs) "
+            "| LangGraph seed (s) | LangGraph DB (MB) | LangGraph growth per turn (MB) | Note |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r.size:,} | {fmt(r.assembly.median_ms, 3)} / {fmt(r.assembly.p95_ms, 3)} "
+                f"| {fmt(r.manifest_bytes_median, 0)} / {fmt(r.manifest_bytes_max, 0)} | {r.sre_window_items} "
+                f"| {fmt(r.sre_seed_s)} | {fmt(r.sre_db_mb, 1)} | {fmt(r.lg_seed_s)} | {fmt(r.lg_db_mb, 1)} "
+                f"| {fmt(r.lg_db_mb_per_turn, 2)} | {r.langgraph.note} |"
+            )
     return "\n".join(lines)
+
+
+def one_size(size: int, synchronous: str, args: argparse.Namespace, inputs: list[str]) -> SizeResult:
+    root = Path(tempfile.mkdtemp(prefix=f"sre-bench-{size}-", dir=args.work_dir))
+    tag = f"[{size:,} items, synchronous={synchronous}]"
+    try:
+        result = SizeResult(size=size, synchronous=synchronous)
+        print(f"{tag} SRE in-process…", file=sys.stderr, flush=True)
+        remote = asyncio.run(sre_in_process(root / "sre", size, args.turns, args.warmup, inputs, result))
+        print(
+            f"  plain {result.inproc.median_ms:.2f} / {result.inproc.p95_ms:.2f} ms, agent "
+            f"{result.inproc_agent.median_ms:.2f} / {result.inproc_agent.p95_ms:.2f} ms",
+            file=sys.stderr,
+        )
+        if not args.no_http:
+            print(f"{tag} SRE over HTTP…", file=sys.stderr, flush=True)
+            result.http, result.http_agent = sre_over_http(
+                root / "sre", remote, args.turns, args.warmup, inputs, synchronous
+            )
+            print(
+                f"  plain {result.http.median_ms:.2f} / {result.http.p95_ms:.2f} ms, agent "
+                f"{result.http_agent.median_ms:.2f} / {result.http_agent.p95_ms:.2f} ms",
+                file=sys.stderr,
+            )
+        result.sre_db_mb = db_size_mb(root / "sre" / "sre.db")
+        if not args.no_langgraph:
+            print(f"{tag} LangGraph SqliteSaver…", file=sys.stderr, flush=True)
+            langgraph_turns(
+                root / "langgraph.db", size, args.turns, args.warmup, inputs, args.langgraph_budget, result
+            )
+            print(
+                f"  seed {result.lg_seed_s:.1f} s; median {result.langgraph.median_ms:.2f} ms, "
+                f"p95 {result.langgraph.p95_ms:.2f} ms over {result.langgraph.turns} turns",
+                file=sys.stderr,
+            )
+        return result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -327,6 +448,12 @@ def main() -> None:
         "--work-dir", default=None, help="where to put the temporary databases (default: system temp)"
     )
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
+    parser.add_argument(
+        "--synchronous",
+        choices=["normal", "full", "both"],
+        default="both",
+        help="SQLite's synchronous setting, the same on both sides (default: a run at each)",
+    )
     args = parser.parse_args()
     args.load_start = os.getloadavg()[0]
     args.revision = revision()  # at start: the code that runs, even if a commit lands meanwhile
@@ -334,43 +461,10 @@ def main() -> None:
     inputs = user_inputs()
 
     results: list[SizeResult] = []
-    for size in sizes:
-        root = Path(tempfile.mkdtemp(prefix=f"sre-bench-{size}-", dir=args.work_dir))
-        try:
-            result = SizeResult(size=size)
-            print(f"[{size:,} items] SRE in-process…", file=sys.stderr, flush=True)
-            remote = asyncio.run(sre_in_process(root / "sre", size, args.turns, args.warmup, inputs, result))
-            print(
-                f"  median {result.inproc.median_ms:.2f} ms, p95 {result.inproc.p95_ms:.2f} ms",
-                file=sys.stderr,
-            )
-            if not args.no_http:
-                print(f"[{size:,} items] SRE over HTTP…", file=sys.stderr, flush=True)
-                result.http = sre_over_http(root / "sre", remote, args.turns, args.warmup, inputs)
-                print(
-                    f"  median {result.http.median_ms:.2f} ms, p95 {result.http.p95_ms:.2f} ms",
-                    file=sys.stderr,
-                )
-            result.sre_db_mb = db_size_mb(root / "sre" / "sre.db")
-            if not args.no_langgraph:
-                print(f"[{size:,} items] LangGraph SqliteSaver…", file=sys.stderr, flush=True)
-                langgraph_turns(
-                    root / "langgraph.db",
-                    size,
-                    args.turns,
-                    args.warmup,
-                    inputs,
-                    args.langgraph_budget,
-                    result,
-                )
-                print(
-                    f"  seed {result.lg_seed_s:.1f} s; median {result.langgraph.median_ms:.2f} ms, "
-                    f"p95 {result.langgraph.p95_ms:.2f} ms over {result.langgraph.turns} turns",
-                    file=sys.stderr,
-                )
-            results.append(result)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    settings = ["normal", "full"] if args.synchronous == "both" else [args.synchronous]
+    for synchronous in settings:
+        for size in sizes:
+            results.append(one_size(size, synchronous, args, inputs))
 
     table = report(results, args)
     print(table)

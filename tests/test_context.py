@@ -637,3 +637,46 @@ def test_a_compaction_item_round_trips_through_its_content() -> None:
     parsed = parse_item({"type": "compaction", "encrypted_content": content, "summary": "lies"}, "input[0]")
     assert isinstance(parsed, Compaction) and parsed.summary == "They talked about cats."
     assert item_from_json(json.dumps(parsed.model_dump(mode="json"))) == parsed
+
+
+async def test_a_compaction_item_in_the_input_replaces_what_came_before(runtime_with: Any) -> None:
+    seen: list[ModelRequest] = []
+    summaries: list[ModelRequest] = []
+    model = FunctionModel(chat_and_summarise(seen, summaries), context_window=4096)
+    rt = runtime_with([model])
+    caller = await seeded_caller(rt)
+    compacted = await rt.compact_response(
+        caller,
+        {
+            "input": [
+                {"role": "user", "content": "Message number 7: hello"},
+                {"role": "assistant", "content": "hi"},
+            ]
+        },
+    )
+    assert compacted["object"] == "response.compaction" and len(summaries) == 1
+    *users, item = compacted["output"]
+    assert [u["content"][0]["text"] for u in users] == ["Message number 7: hello"]
+    assert item["type"] == "compaction" and "number 7" in item["summary"]
+    conv = await rt.create_conversation(caller, {"items": [{"role": "user", "content": "old news"}]})
+    done = await rt.create_response(
+        caller,
+        {
+            "conversation": conv["id"],
+            "input": [item, {"role": "user", "content": "go on"}],
+            "include": ["context_manifest"],
+        },
+    )
+    texts = [i.text() for i in seen[-1].items]  # type: ignore[union-attr]
+    assert (
+        texts[-1] == "go on"
+        and texts[0].startswith("[Summary of the earlier conversation")
+        and "old news" not in texts
+    )
+    reasons = {e["reason"] for e in done["context_manifest"][0]["entries"] if e["source"] == "history"}
+    assert reasons == {"superseded"}
+    # The next turn reads the stored compaction item (a client's: it stands for all before it).
+    await rt.create_response(caller, {"conversation": conv["id"], "input": "and then?"})
+    texts = [i.text() for i in seen[-1].items]  # type: ignore[union-attr]
+    assert "old news" not in texts and texts[0].startswith("[Summary of the earlier conversation")
+    assert texts[-3:] == ["go on", "Noted.", "and then?"]

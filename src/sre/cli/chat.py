@@ -32,7 +32,9 @@ def _text_of(item: dict[str, Any]) -> str:
     return "".join(p.get("text", "") for p in item.get("content", []) if isinstance(p, dict))
 
 
-def chat_loop(*, base_url: str, api_key: str | None, conversation: str | None, model: str | None) -> None:
+def chat_loop(
+    *, base_url: str, api_key: str | None, conversation: str | None, model: str | None, compact: bool = False
+) -> None:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     out = sys.stdout
     with httpx.Client(
@@ -66,17 +68,21 @@ def chat_loop(*, base_url: str, api_key: str | None, conversation: str | None, m
             if not line.strip():
                 continue
             try:
-                _turn(http, conversation, model, line, out)
+                _turn(http, conversation, model, line, out, compact)
             except ChatError as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
             except httpx.HTTPError as exc:
                 raise ChatError(f"lost the connection to {base_url}: {exc}") from None
 
 
-def _turn(http: httpx.Client, conversation: str, model: str | None, text: str, out: Any) -> None:
+def _turn(
+    http: httpx.Client, conversation: str, model: str | None, text: str, out: Any, compact: bool
+) -> None:
     body: dict[str, Any] = {"input": text, "conversation": conversation, "stream": True, "truncation": "auto"}
     if model:
         body["model"] = model
+    if compact:
+        body["context_management"] = [{"type": "compaction"}]
     with http.stream("POST", "/responses", json=body) as response:
         if response.status_code >= 400:
             response.read()
@@ -91,6 +97,14 @@ def _turn(http: httpx.Client, conversation: str, model: str | None, text: str, o
                 print(event["delta"], end="", file=out, flush=True)
             elif kind == "response.output_item.done" and event["item"].get("type") == "function_call":
                 print(f"[function call {event['item']['name']}]", end="", file=out)
+            elif kind == "response.output_item.done" and event["item"].get("type") == "compaction":
+                covers = event["item"].get("covers") or {}
+                print(
+                    f"[earlier turns summarised: {covers.get('items', '?')} items]",
+                    end=" ",
+                    file=out,
+                    flush=True,
+                )
             elif kind == "response.failed":
                 error = (event.get("response") or {}).get("error") or {}
                 print(file=out)

@@ -194,9 +194,16 @@ def chat(
         str, typer.Option("--base-url", envvar="SRE_BASE_URL", help="The API's base URL.")
     ] = ("http://127.0.0.1:8000/v1"),
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="SRE_API_KEY", help="API key.")] = None,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="Summarise the oldest turns when the model's window is full, instead of dropping them.",
+        ),
+    ] = False,
 ) -> None:
     """Chat in the terminal with a running server; resumes a conversation and shows its id."""
-    chat_loop(base_url=base_url, api_key=api_key, conversation=conversation, model=model)
+    chat_loop(base_url=base_url, api_key=api_key, conversation=conversation, model=model, compact=compact)
 
 
 @keys_app.command("create")

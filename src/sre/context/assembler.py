@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sre.context.budget import allot, cut_text, fair_shares, marker
 from sre.context.compaction import CompactionFailed, CompactionResult, Compactor
@@ -63,7 +64,7 @@ def output_reserve(context_window: int, max_output_tokens: int | None) -> int:
     return max_output_tokens or min(4096, context_window // 4)
 
 
-@dataclass
+@dataclass(slots=True)
 class Choice:
     candidate: Candidate
     included: bool = False
@@ -354,52 +355,75 @@ def render(selection: Selection) -> tuple[str | None, list[ModelItem]]:
 
 
 def _entries(choices: list[Choice]) -> list[ManifestEntry]:
+    """Each source's candidates in prompt order, neighbours that shared one fate as one entry."""
     by_source: dict[str, list[Choice]] = {}
     for choice in choices:
         by_source.setdefault(choice.candidate.source, []).append(choice)
-    entries: list[ManifestEntry] = []
+    runs: list[
+        list[Any]
+    ] = []  # source, section, first, last, count, tokens, in, score, included, cut, reason
     for group in by_source.values():
         group.sort(key=lambda ch: ch.candidate.order)
-        run: ManifestEntry | None = None
+        run: list[Any] | None = None
         for ch in group:
             c = ch.candidate
-            fate = (c.section, ch.included, ch.reason, ch.cut)
-            if run is not None and (run.section, run.included, run.reason, run.cut > 0) == fate:
-                run.last_id = c.id
-                run.count += 1
-                run.tokens += c.tokens
-                run.tokens_in += ch.tokens_in
-                run.score = max(run.score, c.score)
-                run.cut += 1 if ch.cut else 0
+            if (
+                run is not None
+                and run[1] == c.section
+                and run[8] == ch.included
+                and run[10] == ch.reason
+                and (run[9] > 0) == ch.cut
+            ):
+                run[3] = c.id
+                run[4] += 1
+                run[5] += c.tokens
+                run[6] += ch.tokens_in
+                run[7] = max(run[7], c.score)
+                run[9] += 1 if ch.cut else 0
                 continue
-            run = ManifestEntry(
-                source=c.source,
-                section=c.section,
-                first_id=c.id,
-                tokens=c.tokens,
-                tokens_in=ch.tokens_in,
-                score=round(c.score, 4),
-                included=ch.included,
-                cut=1 if ch.cut else 0,
-                reason=ch.reason,
-            )
-            entries.append(run)
-    if len(entries) > MAX_ENTRIES:  # merge like entries regardless of their neighbours
-        merged: dict[tuple[object, ...], ManifestEntry] = {}
-        for e in entries:
-            key = (e.source, e.section, e.included, e.reason)
+            run = [
+                c.source,
+                c.section,
+                c.id,
+                None,
+                1,
+                c.tokens,
+                ch.tokens_in,
+                c.score,
+                ch.included,
+                int(ch.cut),
+                ch.reason,
+            ]
+            runs.append(run)
+    if len(runs) > MAX_ENTRIES:  # merge like runs regardless of their neighbours
+        merged: dict[tuple[Any, ...], list[Any]] = {}
+        for r in runs:
+            key = (r[0], r[1], r[8], r[10])
             found = merged.get(key)
             if found is None:
-                merged[key] = e.model_copy()
+                merged[key] = list(r)
             else:
-                found.last_id = e.last_id or e.first_id
-                found.count += e.count
-                found.tokens += e.tokens
-                found.tokens_in += e.tokens_in
-                found.cut += e.cut
-                found.score = max(found.score, e.score)
-        entries = list(merged.values())
-    return entries
+                found[3] = r[3] or r[2]
+                for i in (4, 5, 6, 9):
+                    found[i] += r[i]
+                found[7] = max(found[7], r[7])
+        runs = list(merged.values())
+    return [
+        ManifestEntry.model_construct(
+            source=r[0],
+            section=r[1],
+            first_id=r[2],
+            last_id=r[3],
+            count=r[4],
+            tokens=r[5],
+            tokens_in=r[6],
+            score=round(r[7], 4),
+            included=r[8],
+            cut=r[9],
+            reason=r[10],
+        )
+        for r in runs
+    ]
 
 
 def build_manifest(
@@ -412,29 +436,35 @@ def build_manifest(
     compaction: CompactionNote | None,
     older_items: bool,
 ) -> ContextManifest:
-    totals: dict[str, SectionTotals] = {}
+    sums: dict[str, list[int]] = {}  # offered, used, candidates, included
     for name in (*REQUIRED_SECTIONS, *selection.policies):
-        policy = selection.policies.get(name)
-        totals[name] = SectionTotals(
-            section=name,
-            share=None if policy is None else policy.share,
-            min_tokens=0 if policy is None else policy.min_tokens,
-            max_tokens=None if policy is None else policy.max_tokens,
-            offered=0,
-            allotted=selection.allotted.get(name, 0),
-            used=0,
-            candidates=0,
-            included=0,
-        )
+        sums[name] = [0, 0, 0, 0]
     for ch in selection.choices:
-        t = totals[ch.candidate.section]
-        t.offered += ch.candidate.tokens
-        t.candidates += 1
+        t = sums[ch.candidate.section]
+        t[0] += ch.candidate.tokens
+        t[2] += 1
         if ch.included:
-            t.used += ch.tokens_in
-            t.included += 1
-    for name in REQUIRED_SECTIONS:
-        totals[name].allotted = totals[name].used
+            t[1] += ch.tokens_in
+            t[3] += 1
+    totals: list[SectionTotals] = []
+    for name, (offered, used_tokens, candidates, included) in sums.items():
+        policy = selection.policies.get(name)
+        allotted = selection.allotted.get(name, 0) if policy is not None else used_tokens
+        if not (candidates or allotted or (policy is not None and policy.share)):
+            continue
+        totals.append(
+            SectionTotals.model_construct(
+                section=name,
+                share=None if policy is None else policy.share,
+                min_tokens=0 if policy is None else policy.min_tokens,
+                max_tokens=None if policy is None else policy.max_tokens,
+                offered=offered,
+                allotted=allotted,
+                used=used_tokens,
+                candidates=candidates,
+                included=included,
+            )
+        )
     window = WindowArithmetic(
         context_window=selection.context_window,
         output_reserve=selection.reserve,
@@ -449,7 +479,7 @@ def build_manifest(
         step=step,
         exact=exact,
         window=window,
-        sections=[t for t in totals.values() if t.candidates or t.allotted or t.share],
+        sections=totals,
         entries=_entries(selection.choices),
         compaction=compaction,
         older_items=older_items,
@@ -593,7 +623,7 @@ class ContextAssembler:
                 break
             kept += ch.candidate.tokens
         kept_seq = (
-            min(int(ch.candidate.provenance["seq"]) for ch in history[:cut_at])
+            min(ch.candidate.order[1] for ch in history[:cut_at])
             if cut_at
             else (turn.window.items[-1].seq + 1 if turn.window.items else 0)
         )
@@ -632,7 +662,7 @@ def _around(
     for c in candidates:
         if c.source == "history" and c.provenance.get("compaction"):
             out.append(replace(c, excluded_reason="superseded"))
-        elif c.source == "history" and int(c.provenance.get("seq", 0)) <= made.through_seq:
+        elif c.source == "history" and c.order[1] <= made.through_seq:
             out.append(replace(c, excluded_reason="compacted"))
         else:
             out.append(c)

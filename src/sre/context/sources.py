@@ -11,6 +11,7 @@ application's own sources plug in beside them. No store access here: the engine 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -28,14 +29,34 @@ from sre.types.items import (
     ModelItem,
     item_from_json,
 )
-from sre.types.records import AgentVersion, Caller, Window
+from sre.types.records import AgentVersion, Caller, StoredItem, Window
+
+_PARSED_SIZE = 2048  # stored items kept parsed: consecutive turns of a conversation share their window
+_parsed: OrderedDict[str, AnyItem] = OrderedDict()
+
+
+def parsed(stored: StoredItem) -> AnyItem:
+    """A stored item as its model (items never change, so a recent parse is reused)."""
+    found = _parsed.get(stored.id)
+    if found is not None:
+        _parsed.move_to_end(stored.id)
+        return found
+    item = item_from_json(stored.raw)
+    _parsed[stored.id] = item
+    if len(_parsed) > _PARSED_SIZE:
+        _parsed.popitem(last=False)
+    return item
+
 
 # Where an item candidate sits in the prompt: history first (by position), then the new input, then
 # the run's own items. Text candidates (instructions, memory, knowledge) go into the instructions.
 HISTORY, INPUT, RUN = 0, 1, 2
 
 
-@dataclass(frozen=True, slots=True)
+NO_PROVENANCE: dict[str, Any] = {}  # shared: a history item's provenance is its position, `order`
+
+
+@dataclass(slots=True)
 class Candidate:
     source: str
     id: str  # stable: an item's id, or a name such as "instructions:agent"
@@ -44,8 +65,8 @@ class Candidate:
     score: float  # higher goes in first within its section
     item: ModelItem | None = None  # the content as an item of the prompt...
     text: str | None = None  # ...or as text added to the instructions
-    order: tuple[int, int] = (HISTORY, 0)  # an item's place in the prompt
-    provenance: dict[str, Any] = field(default_factory=dict)
+    order: tuple[int, int] = (HISTORY, 0)  # an item's place in the prompt (history: its position)
+    provenance: dict[str, Any] = field(default_factory=lambda: NO_PROVENANCE)
     required: bool = False  # goes in (perhaps cut, if `cuttable`) or the call cannot be made
     cuttable: bool = False  # text that may be cut to fit, with a marker saying how to get the rest
     excluded_reason: Reason | None = None  # the source's own verdict: superseded, not permitted
@@ -128,8 +149,13 @@ class HistorySource:
         window = turn.window
         out: list[Candidate] = []
         count = len(window.items)
+        estimated = not turn.counter.exact  # the store's own estimate is the count: reuse it
+        # A compaction item in the turn's own input stands for everything before it.
+        replaced: Reason | None = (
+            "superseded" if any(isinstance(i, Compaction) for i in turn.input_items) else None
+        )
         for index, stored in enumerate(window.items):
-            item = item_from_json(stored.raw)
+            item = parsed(stored)
             if isinstance(item, Compaction):  # an older summary, superseded by the window's own
                 out.append(
                     Candidate(
@@ -140,7 +166,7 @@ class HistorySource:
                         score=(index + 1) / (count + 1),
                         item=summary_message(item),
                         order=(HISTORY, stored.seq),
-                        provenance={"compaction": True, "seq": stored.seq},
+                        provenance={"compaction": True},
                         excluded_reason="superseded",
                     )
                 )
@@ -150,12 +176,12 @@ class HistorySource:
                     source=self.name,
                     id=stored.id,
                     section="history",
-                    tokens=turn.counter.item(item),
+                    tokens=stored.tokens if estimated else turn.counter.item(item),
                     score=(index + 1) / (count + 1),  # the newest scores highest
                     item=item,
                     order=(HISTORY, stored.seq),
-                    provenance={"conversation_id": stored.conversation_id, "seq": stored.seq},
                     cuttable=isinstance(item, FunctionCallOutput),
+                    excluded_reason=replaced,
                 )
             )
         if window.compaction is not None:
@@ -171,7 +197,8 @@ class HistorySource:
                     score=1.0,  # it goes in first: it stands for everything older
                     item=summary,
                     order=(HISTORY, window.start_seq),
-                    provenance={"compaction": True, "seq": window.compaction.seq},
+                    provenance={"compaction": True, "item_seq": window.compaction.seq},
+                    excluded_reason=replaced,
                 )
             )
         return out
@@ -179,12 +206,29 @@ class HistorySource:
 
 def _turn_items(turn: TurnContext, tool_outputs: bool) -> list[Candidate]:
     out: list[Candidate] = []
+    last_summary = max(
+        (i for i, item in enumerate(turn.input_items) if isinstance(item, Compaction)), default=-1
+    )
     for group, items in ((INPUT, turn.input_items), (RUN, turn.run_items)):
         for index, raw in enumerate(items):
             item: ModelItem = summary_message(raw) if isinstance(raw, Compaction) else raw
             if isinstance(item, FunctionCallOutput) != tool_outputs:
                 continue
             section = "tool_outputs" if tool_outputs else "input"
+            if group == INPUT and index < last_summary:  # the input's own summary stands for it
+                out.append(
+                    Candidate(
+                        source=section,
+                        id=item.id or f"input:{index}",
+                        section=section,
+                        tokens=turn.counter.item(item),
+                        score=0.0,
+                        item=item,
+                        order=(group, index),
+                        excluded_reason="superseded",
+                    )
+                )
+                continue
             out.append(
                 Candidate(
                     source=section,

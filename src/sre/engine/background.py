@@ -385,9 +385,11 @@ class BackgroundRuns:
     ) -> None:
         """Continue the claimed run from its journal, renewing the lease meanwhile (`run` None: a run
         this process enqueued a moment ago with `turn`, which has no journal yet)."""
-        heartbeat = asyncio.create_task(self._heartbeat(lease))
+        background = run.background if run is not None else bool(turn is not None and turn.request.background)
+        checkpoint = RunCheckpoint(self.store, lease, self.lease_seconds, sink, eager=background)
+        heartbeat = asyncio.create_task(self._heartbeat(checkpoint))
         try:
-            await self._execute(run, lease, turn, sink)
+            await self._execute(run, checkpoint, turn)
         except LeaseLost:
             log.warning(
                 "lost the lease of run %s (attempt %d); another worker has it",
@@ -404,21 +406,23 @@ class BackgroundRuns:
         finally:
             heartbeat.cancel()
 
-    async def _heartbeat(self, lease: Lease) -> None:
+    async def _heartbeat(self, checkpoint: RunCheckpoint) -> None:
+        """Renew the lease every third of it; a cancel asked for meanwhile reaches the run here."""
+        lease = checkpoint.lease
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                await asyncio.to_thread(self.store.runs.heartbeat, lease, self.lease_seconds)
+                if await asyncio.to_thread(self.store.runs.heartbeat, lease, self.lease_seconds):
+                    checkpoint.cancel = True
             except LeaseLost:
                 return
             except Exception as exc:  # a database hiccup: try again at the next beat
                 log.warning("heartbeat of run %s failed: %s", lease.response_id, exc)
 
     async def _execute(
-        self, run: RunRecord | None, lease: Lease, turn: PreparedTurn | None, sink: asyncio.Queue[Any] | None
+        self, run: RunRecord | None, checkpoint: RunCheckpoint, turn: PreparedTurn | None
     ) -> None:
-        background = run.background if run is not None else bool(turn is not None and turn.request.background)
-        checkpoint = RunCheckpoint(self.store, lease, self.lease_seconds, sink, eager=background)
+        lease = checkpoint.lease
         if run is None:
             assert turn is not None
             await self.engine.execute(turn, checkpoint, Journal())

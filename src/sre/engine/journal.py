@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,7 +39,6 @@ def output_item(call_id: str, output: str) -> dict[str, Any]:
     }
 
 
-FLUSH_INTERVAL = 0.05  # seconds: a background run's streamed events are persisted at most this often
 LOST = object()  # put on a sink when the run's lease was lost: its watcher follows the event log
 DONE = object()  # put on a plain turn's queue when it has ended
 
@@ -85,17 +83,17 @@ class RunCheckpoint:
         self.sink = sink
         self.cancel = False
         # Eager (a background run, which clients may follow from any process): every chunk's events
-        # are persisted at once. Otherwise the waiting client has the sink, and only the events a
-        # step commits are kept: what another process needs to follow the run after a takeover.
+        # are persisted at once. Otherwise (a foreground run) the waiting client has the sink and
+        # only final events are kept (a pause's, read back by the next request); the heartbeat
+        # renews the lease and brings a cancel.
         self.eager = eager
-        self._flushed = time.monotonic()
 
     def emit(self, event: dict[str, Any], *, announce: bool = True) -> dict[str, Any]:
         """Number and buffer an event; a final one (`announce=False`) reaches the sink only through
         `announce` once its commit is done, so no client hears of a state before it is stored."""
         numbered = {**event, "sequence_number": self.sequence}
         self.sequence += 1
-        if self.eager or not announce or not event["type"].endswith(".delta"):
+        if self.eager or not announce:
             self.pending.append(numbered)
         if announce and self.sink is not None:
             self.sink.put_nowait(numbered)
@@ -110,11 +108,13 @@ class RunCheckpoint:
         return batch
 
     async def after_chunk(self) -> bool:
-        """Persist the streamed events now and then (renewing the lease); say whether to cancel."""
-        if time.monotonic() - self._flushed >= (0.0 if self.eager else FLUSH_INTERVAL):
-            self._flushed = time.monotonic()
-            self.cancel = await asyncio.to_thread(
-                self.store.runs.append_events, self.lease, self.take(), self.lease_seconds
+        """Persist a background run's streamed events (renewing the lease); say whether to cancel."""
+        if self.eager:
+            self.cancel = (
+                await asyncio.to_thread(
+                    self.store.runs.append_events, self.lease, self.take(), self.lease_seconds
+                )
+                or self.cancel
             )
         return self.cancel
 

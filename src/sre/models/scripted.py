@@ -39,11 +39,14 @@ ReplyFunction = Callable[[ModelRequest], Reply | Awaitable[Reply]]
 
 
 async def reply_events(
-    reply: Reply, request: ModelRequest, chunk_words: int = 1
+    reply: Reply, request: ModelRequest, chunk_words: int = 1, model: ChatModel | None = None
 ) -> AsyncIterator[ModelEvent]:
     if isinstance(reply, BaseException):
         raise reply
-    input_tokens = sum(estimate_tokens(i) for i in request.items) + len(request.instructions or "") // 4
+    if model is not None:
+        input_tokens = model.count_tokens(request).tokens
+    else:
+        input_tokens = sum(estimate_tokens(i) for i in request.items) + len(request.instructions or "") // 4
     if isinstance(reply, str):
         words = reply.split(" ")
         for start in range(0, len(words), chunk_words):
@@ -94,7 +97,7 @@ class ScriptedModel(ChatModel):
             self._next = 0
         reply = self.replies[self._next]
         self._next += 1
-        async for event in reply_events(reply, request):
+        async for event in reply_events(reply, request, model=self):
             yield event
 
 
@@ -113,7 +116,7 @@ class FunctionModel(ChatModel):
         reply = self.fn(request)
         if inspect.isawaitable(reply):
             reply = await reply
-        async for event in reply_events(reply, request):
+        async for event in reply_events(reply, request, model=self):
             yield event
 
 

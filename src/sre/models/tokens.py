@@ -148,14 +148,15 @@ class PromptCounter:
 
     def item(self, item: AnyItem) -> int:
         """Tokens of an item as a message of the prompt, framing included."""
-        if self.tokenizer is None:
-            return estimate_tokens(item)
         key = item.id
         if key is not None:
             found = self._cache.get(key)
             if found is not None:
                 return found
-        tokens = self.per_message + self.tokenizer.count(item_text(item))
+        if self.tokenizer is None:
+            tokens = estimate_tokens(item)
+        else:
+            tokens = self.per_message + self.tokenizer.count(item_text(item))
         if key is not None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()  # items are immutable: dropping the cache only costs a recount

@@ -138,7 +138,9 @@ class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, 
                 # Available on demand, but loaded at start only in the embedded default.
                 warm_embeddings = all(m.info.provider == "local" for m in registry.models.values())
         catalog = tool_catalog(settings.config, tools)
-        store = Store(settings.database_url or sqlite_url(settings.data_dir))
+        store = Store(
+            settings.database_url or sqlite_url(settings.data_dir), synchronous=settings.sqlite_synchronous
+        )
         runtime = cls(store, registry, settings, embeddings, catalog)
         runtime.warm_embeddings = warm_embeddings
         return runtime

@@ -35,6 +35,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long a worker's claim on a run lasts unrenewed
     context: ContextDefaults = field(default_factory=ContextDefaults)
+    sqlite_synchronous: str = "normal"  # "full": every commit synced to disk (survives power loss)
 
     @property
     def embedded(self) -> bool:
@@ -79,7 +80,13 @@ class Settings:
             raise ConfigError(f"lease_seconds must be a number, got {raw_lease!r}") from None
         if not 0.3 <= lease <= 3600:
             raise ConfigError(f"lease_seconds must be between 0.3 and 3600, got {lease}")
+        synchronous = str(
+            env.get("SRE_SQLITE_SYNCHRONOUS") or server.get("sqlite_synchronous", "normal")
+        ).lower()
+        if synchronous not in ("normal", "full"):
+            raise ConfigError(f"sqlite_synchronous must be 'normal' or 'full', got {synchronous!r}")
         return cls(
+            sqlite_synchronous=synchronous,
             data_dir=Path(data_dir or env.get("SRE_DATA_DIR") or server.get("data_dir") or DEFAULT_DATA_DIR),
             database_url=database_url or env.get("SRE_DATABASE_URL") or server.get("database_url") or None,
             config=config,

@@ -39,8 +39,10 @@ def sqlite_url(data_dir: str | Path) -> str:
 
 
 class Store:
-    def __init__(self, url: str, *, migrate: bool = True, pool_size: int = 10) -> None:
-        self.db = Database(url, pool_size=pool_size)
+    def __init__(
+        self, url: str, *, migrate: bool = True, pool_size: int = 10, synchronous: str = "normal"
+    ) -> None:
+        self.db = Database(url, pool_size=pool_size, synchronous=synchronous)
         if migrate:
             self.db.upgrade()
         self.keys = KeyRepository(self.db)

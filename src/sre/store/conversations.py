@@ -48,6 +48,7 @@ def conversation_from_row(row: sa.Row[Any]) -> Conversation:
         parent_id=m["parent_id"],
         fork_seq=m["fork_seq"],
         last_seq=m["last_seq"],
+        compactions=m["compactions"],
     )
 
 
@@ -135,15 +136,19 @@ def append_rows(
     *,
     response_id: str | None = None,
     origin: str = "input",
+    outputs_from: int | None = None,
 ) -> list[StoredItem]:
-    """Append items after the conversation's head; the caller holds the conversation's lock."""
+    """Append items after the conversation's head (with `outputs_from`, the items from that index
+    on are the response's output); the caller holds the conversation's lock."""
     if not new_items:
         return []
     now = int(time.time())
     stored: list[StoredItem] = []
     rows: list[dict[str, Any]] = []
     seq = conv.last_seq
-    for item in new_items:
+    for index, item in enumerate(new_items):
+        if outputs_from is not None:
+            origin = "output" if index >= outputs_from else "input"
         seq += 1
         item_id = item.id or new_id(ID_PREFIX[item.type])
         data = item_to_dict(item)
@@ -180,14 +185,15 @@ def append_rows(
             )
         )
     conn.execute(items.insert(), rows)
-    conn.execute(_SET_LAST_SEQ, {"tenant": conv.tenant_id, "conv": conv.id, "last_seq": seq})
+    more = sum(1 for item in new_items if item.type == "compaction")
+    conn.execute(_SET_LAST_SEQ, {"tenant": conv.tenant_id, "conv": conv.id, "last_seq": seq, "more": more})
     return stored
 
 
 _SET_LAST_SEQ = (
     conversations.update()
     .where(conversations.c.tenant_id == sa.bindparam("tenant"), conversations.c.id == sa.bindparam("conv"))
-    .values(last_seq=sa.bindparam("last_seq"))
+    .values(last_seq=sa.bindparam("last_seq"), compactions=conversations.c.compactions + sa.bindparam("more"))
 )
 Segment = tuple[str, int, int]  # conversation id, first seq excluded, last seq included
 _SCAN_COLUMNS = (
@@ -204,21 +210,29 @@ _SCAN_COLUMNS = (
 
 def lineage(conn: sa.Connection, conv: Conversation) -> list[Segment]:
     """The conversation's segments, newest first: its own items, then each ancestor's up to its fork."""
+    return lineage_with_compactions(conn, conv)[0]
+
+
+def lineage_with_compactions(conn: sa.Connection, conv: Conversation) -> tuple[list[Segment], set[str]]:
+    """The lineage's segments, and which of their conversations hold compaction items."""
     segments: list[Segment] = [(conv.id, conv.fork_seq or 0, _INF)]
+    compacted = {conv.id} if conv.compactions else set()
     parent_id, upto = conv.parent_id, conv.fork_seq
     while parent_id is not None and upto is not None:
         if len(segments) > _MAX_LINEAGE:
             raise Conflict("Conversation lineage is too deep.")
         row = conn.execute(
-            sa.select(conversations.c.parent_id, conversations.c.fork_seq).where(
+            sa.select(conversations.c.parent_id, conversations.c.fork_seq, conversations.c.compactions).where(
                 conversations.c.tenant_id == conv.tenant_id, conversations.c.id == parent_id
             )
         ).first()
         if row is None:
             break
         segments.append((parent_id, row.fork_seq or 0, upto))
+        if row.compactions:
+            compacted.add(parent_id)
         parent_id, upto = row.parent_id, row.fork_seq
-    return segments
+    return segments, compacted
 
 
 def scan(
@@ -293,7 +307,11 @@ def find_item(
 
 
 def newest_compaction(
-    conn: sa.Connection, tenant_id: str, segments: list[Segment], upto: int | None = None
+    conn: sa.Connection,
+    tenant_id: str,
+    segments: list[Segment],
+    upto: int | None = None,
+    only: set[str] | None = None,
 ) -> tuple[StoredItem | None, int]:
     """The lineage's newest compaction item at or before seq `upto`, and the seq of the last item it
     stands for: the one its content names (a compaction SRE made), or every item before it (one a
@@ -301,7 +319,7 @@ def newest_compaction(
     top = _INF if upto is None else upto
     for conv_id, lo, hi in segments:
         high = min(hi, top)
-        if high <= lo:
+        if high <= lo or (only is not None and conv_id not in only):
             continue
         row = conn.execute(
             sa.select(*_SCAN_COLUMNS)
@@ -342,8 +360,10 @@ def newest_compaction(
 def read_window(conn: sa.Connection, conv: Conversation, budget: int, upto: int | None = None) -> Window:
     """The newest items up to seq `upto` that fit `budget` tokens, oldest first, read newest-first,
     down to the newest compaction item's range (which it stands for)."""
-    segments = lineage(conn, conv)
-    compaction, start = newest_compaction(conn, conv.tenant_id, segments, upto)
+    segments, compacted = lineage_with_compactions(conn, conv)
+    compaction, start = (
+        newest_compaction(conn, conv.tenant_id, segments, upto, compacted) if compacted else (None, 0)
+    )
     chosen: list[StoredItem] = []
     used = 0
     bound: int | None = None if upto is None else upto + 1

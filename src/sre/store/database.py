@@ -8,6 +8,7 @@ they extend. Migrations are Alembic's, applied on open and by `sre db upgrade`.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +37,14 @@ def normalise_url(url: str) -> str:
     )
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> sa.Engine:
+SYNCHRONOUS = ("normal", "full")  # SQLite's durability: WAL with NORMAL survives a crash of SRE, FULL
+# also a power cut (every commit is synced to disk)
+
+
+def create_engine(url: str, *, pool_size: int = 10, synchronous: str = "normal") -> sa.Engine:
     url = normalise_url(url)
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
     if url.startswith("sqlite"):
         engine = sa.create_engine(
             url,
@@ -51,7 +58,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> sa.Engine:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
@@ -67,10 +74,12 @@ def create_engine(url: str, *, pool_size: int = 10) -> sa.Engine:
 class Database:
     """An engine plus the two kinds of transaction the repositories use."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, synchronous: str = "normal") -> None:
         self.url = normalise_url(url)
-        self.engine = create_engine(self.url, pool_size=pool_size)
+        self.engine = create_engine(self.url, pool_size=pool_size, synchronous=synchronous)
         self.dialect = self.engine.dialect.name
+        # `UPDATE … RETURNING`: PostgreSQL, and SQLite from 3.35 (older ones take two statements).
+        self.returning = self.dialect == "postgresql" or sqlite3.sqlite_version_info >= (3, 35)
 
     @contextmanager
     def read(self) -> Iterator[sa.Connection]:

@@ -8,7 +8,6 @@ when a client branches from an older response.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -128,14 +127,14 @@ class ResponseRepository:
             stored_in: list[StoredItem] = []
             stored_out: list[StoredItem] = []
             if turn.keep_items:
-                stored_in = append_rows(conn, conv, turn.input_items, response_id=turn.response_id)
-                stored_out = append_rows(
+                both = append_rows(
                     conn,
-                    dataclasses.replace(conv, last_seq=conv.last_seq + len(stored_in)),
-                    turn.output_items,
+                    conv,
+                    [*turn.input_items, *turn.output_items],
                     response_id=turn.response_id,
-                    origin="output",
+                    outputs_from=len(turn.input_items),
                 )
+                stored_in, stored_out = both[: len(turn.input_items)], both[len(turn.input_items) :]
             head = (
                 (stored_out or stored_in)[-1].seq
                 if (stored_out or stored_in)

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as sa_postgresql
+from sqlalchemy.dialects import sqlite as sa_sqlite
 
 from sre.store.conversations import dumps, id_equals
 from sre.store.database import Database
@@ -177,27 +179,23 @@ def finish_run(
     journal (its items are committed by now). With `responded` (its response row is written in the
     same transaction), a run the client did not ask to keep in the background goes entirely: its
     events only carried the stream, and the response is the record."""
-    row = conn.execute(sa.select(runs.c.background).where(_held(lease)).with_for_update()).first()
-    if row is None:
-        raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
-    conn.execute(
-        run_steps.delete().where(
-            run_steps.c.tenant_id == lease.tenant_id, run_steps.c.response_id == lease.response_id
-        )
-    )
-    if responded and not row.background:
+    this = (run_steps.c.tenant_id == lease.tenant_id, run_steps.c.response_id == lease.response_id)
+    if responded and conn.execute(runs.delete().where(_held(lease), runs.c.background.is_(False))).rowcount:
+        conn.execute(run_steps.delete().where(*this))
         conn.execute(
             run_events.delete().where(
                 run_events.c.tenant_id == lease.tenant_id, run_events.c.response_id == lease.response_id
             )
         )
-        conn.execute(runs.delete().where(_held(lease)))
         return
-    conn.execute(
+    ended = conn.execute(
         runs.update()
         .where(_held(lease))
         .values(status=status, lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
-    )
+    ).rowcount
+    if not ended:
+        raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
+    conn.execute(run_steps.delete().where(*this))
     if events:
         conn.execute(
             run_events.insert(), _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events)
@@ -222,19 +220,22 @@ def _step_rows(lease: Lease, steps: Sequence[StepRecord]) -> list[dict[str, Any]
 
 
 def put_steps(conn: sa.Connection, tenant_id: str, response_id: str, steps: Sequence[StepRecord]) -> None:
-    """Write journal rows, replacing rows with the same key (a `started` call becoming `completed`)."""
-    for s in steps:
-        conn.execute(
-            run_steps.delete().where(
-                run_steps.c.tenant_id == tenant_id,
-                run_steps.c.response_id == response_id,
-                run_steps.c.step == s.step,
-                run_steps.c.call_id == s.call_id,
-            )
-        )
-    if steps:
-        lease = Lease(tenant_id=tenant_id, response_id=response_id, owner="", attempt=0, next_sequence=0)
-        conn.execute(run_steps.insert(), _step_rows(lease, steps))
+    """Write journal rows, replacing rows with the same key (a `started` call becoming `completed`):
+    one upsert for all of them."""
+    if not steps:
+        return
+    lease = Lease(tenant_id=tenant_id, response_id=response_id, owner="", attempt=0, next_sequence=0)
+    insert = (sa_postgresql.insert if conn.dialect.name == "postgresql" else sa_sqlite.insert)(run_steps)
+    upsert = insert.on_conflict_do_update(
+        index_elements=[
+            run_steps.c.tenant_id,
+            run_steps.c.response_id,
+            run_steps.c.step,
+            run_steps.c.call_id,
+        ],
+        set_={"kind": insert.excluded.kind, "status": insert.excluded.status, "data": insert.excluded.data},
+    )
+    conn.execute(upsert, _step_rows(lease, steps))
 
 
 def pending_actions(conn: sa.Connection, tenant_id: str, response_id: str) -> int:
@@ -430,14 +431,21 @@ class RunRepository:
         )
         return run, lease
 
-    def _renew(self, conn: sa.Connection, lease: Lease, lease_seconds: float) -> bool:
-        """Extend the lease (raising `LeaseLost` if it is gone); return whether cancel was requested."""
-        row = conn.execute(sa.select(runs.c.cancel_requested).where(_held(lease)).with_for_update()).first()
+    def _renew(self, conn: sa.Connection, lease: Lease, lease_seconds: float, **values: Any) -> bool:
+        """Extend the lease (raising `LeaseLost` if it is gone), setting `values` too; return whether
+        cancel was requested. One statement where the database returns what it updates."""
+        values["lease_expires_at"] = _now_ms() + int(lease_seconds * 1000)
+        update = runs.update().where(_held(lease)).values(**values)
+        if self.db.returning:
+            row = conn.execute(update.returning(runs.c.cancel_requested)).first()
+        else:
+            row = conn.execute(
+                sa.select(runs.c.cancel_requested).where(_held(lease)).with_for_update()
+            ).first()
+            if row is not None:
+                conn.execute(update)
         if row is None:
             raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
-        conn.execute(
-            runs.update().where(_held(lease)).values(lease_expires_at=_now_ms() + int(lease_seconds * 1000))
-        )
         return bool(row.cancel_requested)
 
     def heartbeat(self, lease: Lease, lease_seconds: float) -> bool:
@@ -487,22 +495,21 @@ class RunRepository:
     ) -> bool:
         """One transaction: journal rows, the step's events, its model call records and the run's
         cursor (the committed step count and last event), renewing the lease; return whether to cancel."""
+        values: dict[str, Any] = {}
+        if events:
+            values["committed_sequence"] = events[-1]["sequence_number"]
+        if cursor is not None:
+            values["steps"] = cursor
         with self.db.write() as conn:
-            cancel = self._renew(conn, lease, lease_seconds)
+            cancel = self._renew(conn, lease, lease_seconds, **values)
             put_steps(conn, lease.tenant_id, lease.response_id, steps)
             for call in model_calls:
                 insert_model_call(conn, call)
-            values: dict[str, Any] = {}
             if events:
                 conn.execute(
                     run_events.insert(),
                     _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events),
                 )
-                values["committed_sequence"] = events[-1]["sequence_number"]
-            if cursor is not None:
-                values["steps"] = cursor
-            if values:
-                conn.execute(runs.update().where(_held(lease)).values(**values))
             return cancel
 
     def pause(

@@ -57,6 +57,8 @@ conversations = sa.Table(
     sa.Column("last_seq", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("deleted_at", sa.BigInteger, nullable=True),
+    # 0006: how many compaction items its own segment holds (a window looks for one only if some has)
+    sa.Column("compactions", sa.Integer, nullable=False, server_default="0"),
 )
 sa.Index("ix_conversations_parent", conversations.c.tenant_id, conversations.c.parent_id)
 sa.Index(

@@ -50,6 +50,7 @@ class Conversation:
     parent_id: str | None
     fork_seq: int | None  # the parent's last item seen by this fork
     last_seq: int
+    compactions: int = 0  # compaction items among its own (not its parent's) items
 
 
 class StoredItem:

@@ -1,4 +1,4 @@
-"""Compaction items: a partial index that finds a conversation's newest compaction item in one probe.
+"""Compaction items: each conversation counts its own, and a partial index finds the newest in one probe.
 
 Revision ID: 0006
 Revises: 0005
@@ -16,6 +16,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("conversations") as batch:
+        batch.add_column(sa.Column("compactions", sa.Integer, nullable=False, server_default="0"))
     op.create_index(
         "ix_items_compaction",
         "items",
@@ -27,3 +29,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_items_compaction", table_name="items")
+    with op.batch_alter_table("conversations") as batch:
+        batch.drop_column("compactions")
