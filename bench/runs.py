@@ -779,67 +779,70 @@ def sqlite_sizes(conn: sqlite3.Connection) -> Sizes:
     return sizes
 
 
-async def sre_storage(
-    turns: list[Turn],
-    marks: list[int],
-    data_dir: Path | None,
-    database_url: str | None,
-    pg: PostgreSQL | None,
-    synchronous: str = "normal",
-) -> StorageSeries:
-    import tests.support.tools  # noqa: F401  (registers `lookup` on the default registry)
+class SreSide:
+    """SRE storing the conversation: an agent run per turn, in-process through `Runtime`."""
 
-    from sre.models import ModelRequest
-    from sre.runtime import Runtime
-    from sre.testing import FunctionModel, ScriptedToolCall
-    from sre.types.items import FunctionCallOutput
+    def __init__(
+        self, data_dir: Path | None, database_url: str | None, pg: PostgreSQL | None, synchronous: str
+    ) -> None:
+        import tests.support.tools  # noqa: F401  (registers `lookup` on the default registry)
 
-    current: list[Turn] = []
+        from sre.runtime import Runtime
+        from sre.testing import FunctionModel
 
-    def reply(request: ModelRequest) -> Any:
-        turn = current[-1]
+        self.current: list[Turn] = []
+        # The answer comes in one piece, as LangGraph's model node returns it: no chunks to stream.
+        model = FunctionModel(self.reply, name="loop", context_window=CONTEXT_WINDOW, chunk_words=100_000)
+        env = {"SRE_SQLITE_SYNCHRONOUS": synchronous}
+        self.runtime = Runtime.open(data_dir=data_dir, database_url=database_url, models=[model], env=env)
+        self.series = StorageSeries("SRE, PostgreSQL" if database_url else "SRE, SQLite")
+        self.conn = sqlite3.connect(data_dir / "sre.db") if data_dir is not None else None
+        self.pg, self.database_url = pg, database_url
+
+    def reply(self, request: Any) -> Any:
+        from sre.testing import ScriptedToolCall
+        from sre.types.items import FunctionCallOutput
+
+        turn = self.current[-1]
         if isinstance(request.items[-1], FunctionCallOutput):
             return turn.answer
         return ScriptedToolCall("lookup", {"city": turn.city})
 
-    model = FunctionModel(reply, name="loop", context_window=CONTEXT_WINDOW)
-    env = {"SRE_SQLITE_SYNCHRONOUS": synchronous}
-    runtime = Runtime.open(data_dir=data_dir, database_url=database_url, models=[model], env=env)
-    series = StorageSeries("SRE, PostgreSQL" if database_url else "SRE, SQLite")
-    conn = sqlite3.connect(data_dir / "sre.db") if data_dir is not None else None
-
-    def measure() -> Sizes:
-        if conn is not None:
-            return sqlite_sizes(conn)
-        assert pg is not None and database_url is not None
-        total, per_table = pg.size(database_url)
+    def measure(self) -> Sizes:
+        if self.conn is not None:
+            return sqlite_sizes(self.conn)
+        assert self.pg is not None and self.database_url is not None
+        total, per_table = self.pg.size(self.database_url)
         return Sizes(file_bytes=total, per_table=per_table)
 
-    try:
-        caller = runtime.local_caller()
-        await runtime.create_agent(
-            caller, {"name": "bench", "model": "loop", "tools": [{"type": "server", "name": "lookup"}]}
+    async def setup(self) -> None:
+        self.caller = self.runtime.local_caller()
+        await self.runtime.create_agent(
+            self.caller, {"name": "bench", "model": "loop", "tools": [{"type": "server", "name": "lookup"}]}
         )
-        conv = (await runtime.create_conversation(caller))["id"]
-        series.sizes[0] = measure()
-        for number, turn in enumerate(turns, start=1):
-            current.append(turn)
-            request = {"model": "agent:bench", "input": turn.user, "conversation": conv, "truncation": "auto"}
-            started = time.perf_counter()
-            response = await runtime.create_response(caller, request)
-            series.seconds.append(time.perf_counter() - started)
-            if (
-                response["status"] != "completed"
-                or response["output"][-1]["content"][0]["text"] != turn.answer
-            ):
-                raise RuntimeError(f"turn {number} did not complete: {response}")
-            if number in marks:
-                series.sizes[number] = measure()
-    finally:
-        if conn is not None:
-            conn.close()
-        await runtime.aclose()
-    return series
+        self.conv = (await self.runtime.create_conversation(self.caller))["id"]
+        self.series.sizes[0] = self.measure()
+
+    async def turn(self, number: int, turn: Turn, marks: list[int]) -> None:
+        self.current.append(turn)
+        request = {
+            "model": "agent:bench",
+            "input": turn.user,
+            "conversation": self.conv,
+            "truncation": "auto",
+        }
+        started = time.perf_counter()
+        response = await self.runtime.create_response(self.caller, request)
+        self.series.seconds.append(time.perf_counter() - started)
+        if response["status"] != "completed" or response["output"][-1]["content"][0]["text"] != turn.answer:
+            raise RuntimeError(f"turn {number} did not complete: {response}")
+        if number in marks:
+            self.series.sizes[number] = self.measure()
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        await self.runtime.aclose()
 
 
 def langgraph_state() -> type:
@@ -849,59 +852,60 @@ def langgraph_state() -> type:
     return TypedDict("State", {"messages": Annotated[list[AnyMessage], add_messages]})  # type: ignore[operator]
 
 
-def langgraph_storage(
-    turns: list[Turn], marks: list[int], db_path: Path, synchronous: str = "full"
-) -> StorageSeries:
+class LangGraphSide:
     """A LangGraph tool-calling agent over `SqliteSaver`: model node -> tool node -> model node, a
     checkpoint at every super-step (LangGraph's default durability), at SRE's `synchronous` setting."""
-    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-    from langgraph.checkpoint.sqlite import SqliteSaver
-    from langgraph.graph import END, START, StateGraph
 
-    current: list[Turn] = []
+    def __init__(self, db_path: Path, synchronous: str) -> None:
+        from langchain_core.messages import AIMessage, ToolMessage
+        from langgraph.checkpoint.sqlite import SqliteSaver
+        from langgraph.graph import END, START, StateGraph
 
-    def model(state: Any) -> dict[str, list[Any]]:
-        turn = current[-1]
-        if isinstance(state["messages"][-1], ToolMessage):
-            return {"messages": [AIMessage(content=turn.answer)]}
-        call = {"name": "lookup", "args": {"city": turn.city}, "id": turn.call_id, "type": "tool_call"}
-        return {"messages": [AIMessage(content="", tool_calls=[call])]}
+        self.current: list[Turn] = []
 
-    def tools(state: Any) -> dict[str, list[Any]]:
-        call = state["messages"][-1].tool_calls[0]
-        output = json.dumps({"city": call["args"]["city"], "weather": "sunny"})
-        return {"messages": [ToolMessage(content=output, tool_call_id=call["id"], name="lookup")]}
+        def model(state: Any) -> dict[str, list[Any]]:
+            turn = self.current[-1]
+            if isinstance(state["messages"][-1], ToolMessage):
+                return {"messages": [AIMessage(content=turn.answer)]}
+            call = {"name": "lookup", "args": {"city": turn.city}, "id": turn.call_id, "type": "tool_call"}
+            return {"messages": [AIMessage(content="", tool_calls=[call])]}
 
-    def route(state: Any) -> str:
-        return "tools" if state["messages"][-1].tool_calls else END
+        def tools(state: Any) -> dict[str, list[Any]]:
+            call = state["messages"][-1].tool_calls[0]
+            output = json.dumps({"city": call["args"]["city"], "weather": "sunny"})
+            return {"messages": [ToolMessage(content=output, tool_call_id=call["id"], name="lookup")]}
 
-    builder = StateGraph(langgraph_state())
-    builder.add_node("model", model)
-    builder.add_node("tools", tools)
-    builder.add_edge(START, "model")
-    builder.add_conditional_edges("model", route, ["tools", END])
-    builder.add_edge("tools", "model")
+        def route(state: Any) -> str:
+            return "tools" if state["messages"][-1].tool_calls else END
 
-    series = StorageSeries("LangGraph SqliteSaver")
-    conn = sqlite3.connect(str(db_path), check_same_thread=False)
-    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-    try:
-        graph = builder.compile(checkpointer=SqliteSaver(conn))
-        config = {"configurable": {"thread_id": "bench"}}
-        for number, turn in enumerate(turns, start=1):
-            current.append(turn)
-            started = time.perf_counter()
-            out = graph.invoke({"messages": [HumanMessage(content=turn.user)]}, config=config)  # type: ignore[arg-type]
-            series.seconds.append(time.perf_counter() - started)
-            if out["messages"][-1].content != turn.answer or len(out["messages"]) != 4 * number:
-                raise RuntimeError(f"LangGraph turn {number} went wrong")
-            if number in marks:
-                series.sizes[number] = sqlite_sizes(conn)
-        checkpoints = conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
-        series.note = f"{checkpoints / len(turns):g} checkpoints per turn"
-    finally:
-        conn.close()
-    return series
+        builder = StateGraph(langgraph_state())
+        builder.add_node("model", model)
+        builder.add_node("tools", tools)
+        builder.add_edge(START, "model")
+        builder.add_conditional_edges("model", route, ["tools", END])
+        builder.add_edge("tools", "model")
+        self.series = StorageSeries("LangGraph SqliteSaver")
+        self.conn = sqlite3.connect(str(db_path), check_same_thread=False)
+        self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self.graph = builder.compile(checkpointer=SqliteSaver(self.conn))
+        self.config = {"configurable": {"thread_id": "bench"}}
+
+    def turn(self, number: int, turn: Turn, marks: list[int]) -> None:
+        from langchain_core.messages import HumanMessage
+
+        self.current.append(turn)
+        started = time.perf_counter()
+        out = self.graph.invoke({"messages": [HumanMessage(content=turn.user)]}, config=self.config)  # type: ignore[arg-type]
+        self.series.seconds.append(time.perf_counter() - started)
+        if out["messages"][-1].content != turn.answer or len(out["messages"]) != 4 * number:
+            raise RuntimeError(f"LangGraph turn {number} went wrong")
+        if number in marks:
+            self.series.sizes[number] = sqlite_sizes(self.conn)
+
+    def close(self) -> None:
+        checkpoints = self.conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+        self.series.note = f"{checkpoints / max(1, len(self.current)):g} checkpoints per turn"
+        self.conn.close()
 
 
 @dataclass
@@ -924,26 +928,51 @@ def run_storage(
     args: argparse.Namespace, root: Path, pg: Callable[[], PostgreSQL], synchronous: str
 ) -> StorageRun:
     """One storage run, both SQLite sides at `synchronous` (PostgreSQL at its defaults, with
-    `synchronous_commit` on: each commit flushed, as SQLite's FULL)."""
+    `synchronous_commit` on: each commit flushed, as SQLite's FULL). The sides take turns, turn by
+    turn, so that whatever else the machine does weighs on them alike."""
     turns = conversation(args.turns)
     marks = storage_marks(len(turns))
     tag = f"[storage, synchronous={synchronous}]"
-    say(f"{tag} {len(turns)} turns, {sum(t.text_bytes for t in turns) / 1e6:.3f} MB of text")
-    say(f"{tag} SRE on SQLite…")
-    sre_sqlite = asyncio.run(
-        sre_storage(turns, marks, root / f"storage-sqlite-{synchronous}", None, None, synchronous)
+    say(
+        f"{tag} {len(turns)} turns, {sum(t.text_bytes for t in turns) / 1e6:.3f} MB of text, sides taking turns"
     )
-    sre_pg = None
-    if not args.no_postgres and synchronous == "full":  # one PostgreSQL run: its durability is FULL's
-        say(f"{tag} SRE on PostgreSQL…")
-        server = pg()
-        url = server.database("storage")
-        sre_pg = asyncio.run(sre_storage(turns, marks, None, url, server))
-    langgraph = None
-    if not args.no_langgraph:
-        say(f"{tag} LangGraph SqliteSaver…")
-        langgraph = langgraph_storage(turns, marks, root / f"langgraph-{synchronous}.db", synchronous)
-    return StorageRun(turns, marks, args.window, sre_sqlite, sre_pg, langgraph, synchronous)
+
+    async def go() -> StorageRun:
+        sqlite_side = SreSide(root / f"storage-sqlite-{synchronous}", None, None, synchronous)
+        pg_side = None
+        if not args.no_postgres and synchronous == "full":  # one PostgreSQL run: its durability is FULL's
+            server = pg()
+            pg_side = SreSide(None, server.database(f"storage-{synchronous}"), server, synchronous)
+        lg_side = (
+            None if args.no_langgraph else LangGraphSide(root / f"langgraph-{synchronous}.db", synchronous)
+        )
+        sides = [side for side in (sqlite_side, pg_side) if side is not None]
+        try:
+            for side in sides:
+                await side.setup()
+            for number, turn in enumerate(turns, start=1):
+                for side in sides:
+                    await side.turn(number, turn, marks)
+                if lg_side is not None:
+                    lg_side.turn(number, turn, marks)
+                if number % 50 == 0:
+                    say(f"{tag} turn {number}")
+        finally:
+            for side in sides:
+                await side.close()
+            if lg_side is not None:
+                lg_side.close()
+        return StorageRun(
+            turns,
+            marks,
+            args.window,
+            sqlite_side.series,
+            pg_side.series if pg_side is not None else None,
+            lg_side.series if lg_side is not None else None,
+            synchronous,
+        )
+
+    return asyncio.run(go())
 
 
 def mb(n: float) -> str:

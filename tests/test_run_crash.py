@@ -306,6 +306,44 @@ def test_kill_during_an_idempotent_tool_runs_it_again_without_asking(bank: Bank)
     assert item_types(client, conv.id) == EXPECTED_ITEMS
 
 
+def test_a_compaction_journaled_with_its_step_is_reused_after_a_kill(bank: Bank) -> None:
+    """The run compacts the conversation's history at its first model step (a summary by the model,
+    then a `lookup` call, committed together), and is killed while `lookup` runs. The resumed run
+    reuses the journaled summary: no second summary is asked for, the conversation gets one
+    compaction item (leading the response's output), and the next model call reads the summary."""
+    city = f"city-{uuid.uuid4().hex[:8]}"
+    lookup = {"name": "lookup", "arguments": json.dumps({"city": city}), "id": "call_lookup"}
+    summary = f"The user asked about the weather in many places; last about {city}."
+    bank.upstream.queue(Reply(text=summary), Reply(tool_calls=[lookup]), Reply(text="it is sunny"))
+    bank.hold_file.touch()
+    server = bank.serve()
+    client = bank.client(server)
+    bank.agent(server, context={"compaction": True, "compact_threshold": 200})
+    history = [
+        {"type": "message", "role": "user", "content": f"old question {i}: " + "word " * 60} for i in range(8)
+    ]
+    conv = client.conversations.create(items=history)  # type: ignore[arg-type]
+    queued = client.responses.create(
+        model=f"agent:{AGENT}", input=f"weather in {city}", conversation=conv.id, background=True
+    )
+    wait_for("lookup to start", lambda: bank.runs_of("lookup", "city", city)[0] == 1)
+    server.kill()
+    bank.hold_file.unlink()
+
+    server = bank.serve()
+    client = bank.client(server)
+    done = wait_status(client, queued.id)
+    assert done.status == "completed", done
+    assert [o.type for o in done.output] == ["compaction", "function_call", "function_call_output", "message"]
+    summaries = [r for r in bank.upstream.requests if r["messages"][0]["content"].startswith("You condense")]
+    assert len(summaries) == 1 and len(bank.upstream.requests) == 3  # summary, call, answer: none twice
+    last = json.dumps(bank.upstream.requests[-1]["messages"])
+    assert summary in last and "old question 0" not in last
+    items = client.conversations.items.list(conv.id, order="asc", limit=100).data
+    assert [i.type for i in items].count("compaction") == 1
+    assert sum(1 for i in items if i.type == "message" and i.role == "user") == 9  # nothing lost
+
+
 def test_kill_after_the_tool_finished_before_the_next_model_call(bank: Bank) -> None:
     """A foreground run killed while its second model call streams: `transfer`'s result was
     committed, so the restarted server replays it and only calls the model again."""

@@ -54,6 +54,10 @@ def parse_agent_ref(model: str | None) -> AgentRef | None:
     return AgentRef(name=name, version=int(version) if at else None)
 
 
+_PARSED: dict[tuple[str, str, int], AgentDefinition] = {}  # versions never change: parse each once
+_PARSED_SIZE = 256
+
+
 def load_agent(store: Store, tenant_id: str, ref: AgentRef) -> tuple[AgentVersion, AgentDefinition]:
     """The agent version a turn runs with; a missing one is a 400 on `model`, like a missing model."""
     try:
@@ -67,7 +71,14 @@ def load_agent(store: Store, tenant_id: str, ref: AgentRef) -> tuple[AgentVersio
             param="model",
             code="model_not_found",
         ) from None
-    return record, AgentDefinition.from_stored(record.name, record.definition)
+    key = (tenant_id, record.name, record.version)
+    definition = _PARSED.get(key)
+    if definition is None:
+        definition = AgentDefinition.from_stored(record.name, record.definition)
+        if len(_PARSED) >= _PARSED_SIZE:
+            _PARSED.clear()
+        _PARSED[key] = definition
+    return record, definition
 
 
 def apply_agent(request: CreateResponse, agent: AgentDefinition) -> CreateResponse:

@@ -102,10 +102,12 @@ class BackgroundRuns:
         turn: PreparedTurn | None = None,
         *,
         after: int = 0,  # by default, after the queued event: the client had that answer already
+        events: bool = True,
     ) -> AsyncIterator[dict[str, Any]]:
-        """The events of a run this client waits for, to its end or pause. Executed here when this
-        process holds (or can take) its lease, else followed through the event log; a client that goes
-        away does not stop it."""
+        """The events of a run this client waits for, to its end or pause (with `events` False, only
+        its final one: a client waiting for the response object). Executed here when this process
+        holds (or can take) its lease, else followed through the event log; a client that goes away
+        does not stop it."""
         while True:
             if lease is None:
                 claimed = await asyncio.to_thread(
@@ -119,7 +121,7 @@ class BackgroundRuns:
                     turn = None  # prepared again from the stored request, as a worker would
             if lease is not None:
                 sink: asyncio.Queue[Any] = asyncio.Queue()
-                self._spawn(self._execute_inline(lease, turn, sink))
+                self._spawn(self._execute_inline(lease, turn, sink, events))
                 lease, turn = None, None
                 while True:
                     event = await sink.get()
@@ -179,14 +181,14 @@ class BackgroundRuns:
         return await asyncio.to_thread(read)
 
     async def _execute_inline(
-        self, lease: Lease, turn: PreparedTurn | None, sink: asyncio.Queue[Any]
+        self, lease: Lease, turn: PreparedTurn | None, sink: asyncio.Queue[Any], events: bool = True
     ) -> None:
         try:
             run: RunRecord | None = None
             if turn is None or lease.attempt != 1:  # else it was enqueued a moment ago: nothing to read
                 run = await asyncio.to_thread(self.store.runs.get, lease.tenant_id, lease.response_id)
                 assert run is not None
-            await self.execute(run, lease, turn=turn, sink=sink)
+            await self.execute(run, lease, turn=turn, sink=sink, events=events)
         except Exception:
             log.exception("run %s failed inline", lease.response_id)
             sink.put_nowait(LOST)
@@ -382,11 +384,14 @@ class BackgroundRuns:
         *,
         turn: PreparedTurn | None = None,
         sink: asyncio.Queue[Any] | None = None,
+        events: bool = True,
     ) -> None:
         """Continue the claimed run from its journal, renewing the lease meanwhile (`run` None: a run
         this process enqueued a moment ago with `turn`, which has no journal yet)."""
         background = run.background if run is not None else bool(turn is not None and turn.request.background)
-        checkpoint = RunCheckpoint(self.store, lease, self.lease_seconds, sink, eager=background)
+        checkpoint = RunCheckpoint(
+            self.store, lease, self.lease_seconds, sink, eager=background, events=events
+        )
         heartbeat = asyncio.create_task(self._heartbeat(checkpoint))
         try:
             await self._execute(run, checkpoint, turn)

@@ -47,6 +47,7 @@ class Ledger(Protocol):
     """Where a turn's events and commits go."""
 
     durable: bool
+    events: bool  # whether anyone wants the streaming events (else only final ones are made)
     cancel: bool  # a cancel was asked for: the turn ends at its next chunk or step
 
     def emit(self, event: dict[str, Any], *, announce: bool = True) -> dict[str, Any]: ...
@@ -74,6 +75,7 @@ class RunCheckpoint:
         sink: asyncio.Queue[Any] | None = None,
         *,
         eager: bool = True,
+        events: bool = True,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -85,12 +87,16 @@ class RunCheckpoint:
         # Eager (a background run, which clients may follow from any process): every chunk's events
         # are persisted at once. Otherwise (a foreground run) the waiting client has the sink and
         # only final events are kept (a pause's, read back by the next request); the heartbeat
-        # renews the lease and brings a cancel.
+        # renews the lease and brings a cancel. A foreground client waiting for the response object
+        # wants no streaming events at all.
         self.eager = eager
+        self.events = eager or events
 
     def emit(self, event: dict[str, Any], *, announce: bool = True) -> dict[str, Any]:
         """Number and buffer an event; a final one (`announce=False`) reaches the sink only through
         `announce` once its commit is done, so no client hears of a state before it is stored."""
+        if announce and not self.events:
+            return event
         numbered = {**event, "sequence_number": self.sequence}
         self.sequence += 1
         if self.eager or not announce:

@@ -129,7 +129,7 @@ async def model_step(
         ledger.emit({"type": "response.output_item.done", "output_index": index, "item": made})
         transcript.append(made)
     request = turn.model_request(assembled.items, assembled.instructions)
-    output = OutputAssembler(events=True, offset=len(transcript))
+    output = OutputAssembler(events=ledger.events, offset=len(transcript))
     started = time.perf_counter()
     error: SREError | None = None
     try:

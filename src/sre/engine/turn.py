@@ -26,7 +26,7 @@ from sre.context import (
     summary_message,
     turn_policy,
 )
-from sre.engine.agents import apply_agent, load_agent, parse_agent_ref
+from sre.engine.agents import AgentRef, apply_agent, load_agent, parse_agent_ref
 from sre.engine.shapes import response_object
 from sre.models.base import ChatModel, FunctionTool, ModelRequest, tool_dicts
 from sre.models.config import ModelRegistry
@@ -222,6 +222,13 @@ def _check_tool_outputs(items: list[AnyItem], window: Window) -> None:
             )
 
 
+def _function_tools(request: CreateResponse) -> list[FunctionTool]:
+    return [
+        FunctionTool(name=t.name, description=t.description, parameters=t.parameters, strict=t.strict)
+        for t in request.tools or []
+    ]
+
+
 def _with_ids(items: list[AnyItem]) -> list[AnyItem]:
     """The input with the ids it will be stored under (a manifest and a cut marker name them)."""
     return [
@@ -256,46 +263,27 @@ class TurnEngine:
             )
         original = request
         ref = parse_agent_ref(request.model)
-        agent: AgentVersion | None = None
-        definition: AgentDefinition | None = None
+        loaded = await asyncio.to_thread(self._load, caller, request, ref)  # one trip to the store
+        agent, definition, request, model, items, previous, window = loaded
         bound: dict[str, BoundTool] = {}
-        if ref is not None:  # an agent's turn is a plain request once its definition is folded in
-            agent, found = await asyncio.to_thread(load_agent, self.store, caller.tenant_id, ref)
-            definition = found
-            request = apply_agent(request, found)
-            server_refs = [t for t in found.tools if t.type != "function"]
-            if server_refs and not request.store:
-                raise InvalidRequest(
-                    f"Agent '{found.name}' has server-side tools, so its runs are stored: send "
-                    "'store': true (the default).",
-                    param="store",
-                )
-            bound = await self.tools.resolve(server_refs)
+        if definition is not None:
+            bound = await self.tools.resolve([t for t in definition.tools if t.type != "function"])
             for index, tool in enumerate(request.tools or []):
                 if tool.name in bound:
                     raise InvalidRequest(
                         f"Invalid value for 'tools[{index}].name': '{tool.name}' is one of agent "
-                        f"'{found.name}''s server-side tools.",
+                        f"'{definition.name}''s server-side tools.",
                         param=f"tools[{index}].name",
                         code="duplicate_tool",
                     )
-        model = self._model(request.model, agent)
         policy = turn_policy(
             definition.context if definition is not None else None, self.defaults, request.context_management
         )
         compaction_model = self._compaction_model(policy, definition, agent)
-        items = _with_ids(parse_input_items(request.input))
-        tools = [
-            FunctionTool(name=t.name, description=t.description, parameters=t.parameters, strict=t.strict)
-            for t in request.tools or []
-        ] + [
+        tools = _function_tools(request) + [
             FunctionTool(name=b.spec.name, description=b.spec.description, parameters=b.spec.parameters)
             for b in bound.values()
         ]
-        if getattr(model, "load", None) is not None:  # a local model counts with its own tokenizer
-            await asyncio.to_thread(model.prompt_counter)
-        bound_tokens = self._read_bound(model, request, items, tools)
-        previous, window = await asyncio.to_thread(self._read_state, caller, request, bound_tokens)
         _check_tool_outputs(items, window)
         body = _body(request)
         if request.background:
@@ -322,6 +310,43 @@ class TurnEngine:
         )
         turn.prepared = await turn.assemble(self.context, [], 0, None, check=True)
         return turn
+
+    def _load(
+        self, caller: Caller, request: CreateResponse, ref: AgentRef | None
+    ) -> tuple[
+        AgentVersion | None,
+        AgentDefinition | None,
+        CreateResponse,
+        ChatModel,
+        list[AnyItem],
+        ResponseRecord | None,
+        Window,
+    ]:
+        """Everything a turn reads, in one worker thread: the agent it names (folded into the
+        request), its model, its input, and the previous response or the conversation's window."""
+        agent: AgentVersion | None = None
+        definition: AgentDefinition | None = None
+        if ref is not None:  # an agent's turn is a plain request once its definition is folded in
+            agent, definition = load_agent(self.store, caller.tenant_id, ref)
+            request = apply_agent(request, definition)
+            if any(t.type != "function" for t in definition.tools) and not request.store:
+                raise InvalidRequest(
+                    f"Agent '{definition.name}' has server-side tools, so its runs are stored: send "
+                    "'store': true (the default).",
+                    param="store",
+                )
+        model = self._model(request.model, agent)
+        items = _with_ids(parse_input_items(request.input))
+        model.prompt_counter()  # made here: a local model loads its tokenizer off the event loop
+        # The read's bound counts the server-side tools of the registry, not those of MCP servers
+        # (listed later, over their connections): the assembler counts them all.
+        tools = _function_tools(request) + [
+            FunctionTool(name=r.spec.name, description=r.spec.description, parameters=r.spec.parameters)
+            for ref_ in (definition.tools if definition is not None else [])
+            if ref_.type == "server" and (r := self.tools.registry.tools.get(ref_.name)) is not None
+        ]
+        previous, window = self._read_state(caller, request, self._read_bound(model, request, items, tools))
+        return agent, definition, request, model, items, previous, window
 
     def _model(self, name: str | None, agent: AgentVersion | None) -> ChatModel:
         try:

@@ -10,6 +10,8 @@ Local models get tool definitions as text only: small models cannot be trusted w
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import importlib.util
 import os
 import threading
@@ -37,6 +39,18 @@ DEFAULT_CONTEXT = 4096
 DEFAULT_MAX_TOKENS = 512
 
 _instances: dict[str, Any] = {}
+
+
+@atexit.register
+def _close_instances() -> None:
+    """Free the weights while llama.cpp's library is still loaded (its own finaliser, run later at
+    interpreter exit, would call into an unloaded library and print a traceback)."""
+    for llama in list(_instances.values()):
+        with contextlib.suppress(Exception):
+            llama.close()
+    _instances.clear()
+
+
 _generation_locks: dict[str, threading.Lock] = {}  # llama.cpp contexts are not re-entrant
 _load_lock = threading.Lock()
 

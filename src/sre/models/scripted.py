@@ -102,13 +102,17 @@ class ScriptedModel(ChatModel):
 
 
 class FunctionModel(ChatModel):
-    """Answers by calling `fn(request)`, which may be sync or async."""
+    """Answers by calling `fn(request)`, which may be sync or async; a text answer streams
+    `chunk_words` words at a time (a large number: in one piece, as a non-streaming model would)."""
 
-    def __init__(self, fn: ReplyFunction, *, name: str = "function", context_window: int = 8192) -> None:
+    def __init__(
+        self, fn: ReplyFunction, *, name: str = "function", context_window: int = 8192, chunk_words: int = 1
+    ) -> None:
         super().__init__(
             ModelInfo(name=name, provider="function", upstream_model=name, context_window=context_window)
         )
         self.fn = fn
+        self.chunk_words = chunk_words
         self.requests: list[ModelRequest] = []
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
@@ -116,7 +120,7 @@ class FunctionModel(ChatModel):
         reply = self.fn(request)
         if inspect.isawaitable(reply):
             reply = await reply
-        async for event in reply_events(reply, request, model=self):
+        async for event in reply_events(reply, request, self.chunk_words, model=self):
             yield event
 
 

@@ -95,14 +95,18 @@ class ResponsesAPI(RuntimeParts):
             if after is None or body.background:
                 response = await self.get_response(caller, paused.response_id)
             else:
-                response = await _final(self.background.watch(caller, paused.response_id, None, after=after))
+                response = await _final(
+                    self.background.watch(caller, paused.response_id, None, after=after, events=False)
+                )
         else:
             turn = await self.turns.prepare(caller, body)
             if turn.request.background:
                 response = await self.background.enqueue(turn)
             elif turn.durable:
                 lease = await self.background.start(turn, inline=True)
-                response = await _final(self.background.watch(caller, turn.response_id, lease, turn))
+                response = await _final(
+                    self.background.watch(caller, turn.response_id, lease, turn, events=False)
+                )
             else:
                 await self._check_free(turn)
                 response = await self.plain.respond(turn)

@@ -107,6 +107,15 @@ def insert_conversation(
     return conv
 
 
+# Statements every turn runs, built once with bound parameters.
+_LOAD = sa.select(conversations).where(
+    conversations.c.tenant_id == sa.bindparam("t"),
+    conversations.c.id == sa.bindparam("c"),
+    conversations.c.deleted_at.is_(None),
+)
+_LOAD_FOR_UPDATE = _LOAD.with_for_update()
+
+
 def load_conversation(
     conn: sa.Connection,
     tenant_id: str,
@@ -116,14 +125,12 @@ def load_conversation(
     hidden_ok: bool = True,
     param: str = "conversation_id",
 ) -> Conversation:
-    query = sa.select(conversations).where(
-        conversations.c.tenant_id == tenant_id,
-        id_equals(conversations.c.id, conversation_id),
-        conversations.c.deleted_at.is_(None),
+    query = _LOAD_FOR_UPDATE if for_update and conn.dialect.name == "postgresql" else _LOAD
+    row = (
+        None
+        if "\x00" in conversation_id
+        else conn.execute(query, {"t": tenant_id, "c": conversation_id}).first()
     )
-    if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
     if row is None or (not hidden_ok and row._mapping["hidden"]):
         raise NotFound(f"Conversation with id '{conversation_id}' not found.", param=param)
     return conversation_from_row(row)
@@ -221,11 +228,7 @@ def lineage_with_compactions(conn: sa.Connection, conv: Conversation) -> tuple[l
     while parent_id is not None and upto is not None:
         if len(segments) > _MAX_LINEAGE:
             raise Conflict("Conversation lineage is too deep.")
-        row = conn.execute(
-            sa.select(conversations.c.parent_id, conversations.c.fork_seq, conversations.c.compactions).where(
-                conversations.c.tenant_id == conv.tenant_id, conversations.c.id == parent_id
-            )
-        ).first()
+        row = conn.execute(_PARENT, {"t": conv.tenant_id, "c": parent_id}).first()
         if row is None:
             break
         segments.append((parent_id, row.fork_seq or 0, upto))
@@ -233,6 +236,27 @@ def lineage_with_compactions(conn: sa.Connection, conv: Conversation) -> tuple[l
             compacted.add(parent_id)
         parent_id, upto = row.parent_id, row.fork_seq
     return segments, compacted
+
+
+_SCAN_WHERE = (
+    items.c.tenant_id == sa.bindparam("t"),
+    items.c.conversation_id == sa.bindparam("c"),
+    items.c.seq > sa.bindparam("lo"),
+    items.c.seq <= sa.bindparam("hi"),
+)
+_SCAN_DESC = (
+    sa.select(*_SCAN_COLUMNS).where(*_SCAN_WHERE).order_by(items.c.seq.desc()).limit(sa.bindparam("n"))
+)
+_SCAN_ASC = sa.select(*_SCAN_COLUMNS).where(*_SCAN_WHERE).order_by(items.c.seq).limit(sa.bindparam("n"))
+_PARENT = sa.select(conversations.c.parent_id, conversations.c.fork_seq, conversations.c.compactions).where(
+    conversations.c.tenant_id == sa.bindparam("t"), conversations.c.id == sa.bindparam("c")
+)
+_NEWEST_COMPACTION = (
+    sa.select(*_SCAN_COLUMNS)
+    .where(*_SCAN_WHERE, items.c.type == "compaction")
+    .order_by(items.c.seq.desc())
+    .limit(1)
+)
 
 
 def scan(
@@ -261,17 +285,8 @@ def scan(
                 low = max(low, bound)
         if low >= high:
             continue
-        query = (
-            sa.select(*_SCAN_COLUMNS)
-            .where(
-                items.c.tenant_id == tenant_id,
-                items.c.conversation_id == conv_id,
-                items.c.seq > low,
-                items.c.seq <= high,
-            )
-            .order_by(items.c.seq.desc() if descending else items.c.seq)
-            .limit(remaining)
-        )
+        query = _SCAN_DESC if descending else _SCAN_ASC
+        params = {"t": tenant_id, "c": conv_id, "lo": low, "hi": high, "n": remaining}
         # Plain tuples, not mapped rows: a window can be hundreds of items on every turn.
         out.extend(
             StoredItem(
@@ -286,7 +301,9 @@ def scan(
                 tokens=tokens,
                 origin=origin,
             )
-            for seq, item_id, kind, response_id, tokens, raw, created_at, origin in conn.execute(query)
+            for seq, item_id, kind, response_id, tokens, raw, created_at, origin in conn.execute(
+                query, params
+            ).fetchall()
         )
     return out
 
@@ -321,18 +338,8 @@ def newest_compaction(
         high = min(hi, top)
         if high <= lo or (only is not None and conv_id not in only):
             continue
-        row = conn.execute(
-            sa.select(*_SCAN_COLUMNS)
-            .where(
-                items.c.tenant_id == tenant_id,
-                items.c.conversation_id == conv_id,
-                items.c.type == "compaction",
-                items.c.seq > lo,
-                items.c.seq <= high,
-            )
-            .order_by(items.c.seq.desc())
-            .limit(1)
-        ).first()
+        params = {"t": tenant_id, "c": conv_id, "lo": lo, "hi": high}
+        row = conn.execute(_NEWEST_COMPACTION, params).first()
         if row is None:
             continue
         seq, item_id, kind, response_id, tokens, raw, created_at, origin = row

@@ -93,6 +93,84 @@ def _held(lease: Lease) -> sa.ColumnElement[bool]:
     )
 
 
+# The statements of a step's commit, built once with bound parameters: building SQLAlchemy
+# statements afresh on every commit cost more than running them.
+_HELD = sa.and_(
+    runs.c.tenant_id == sa.bindparam("held_tenant"),
+    runs.c.response_id == sa.bindparam("held_response"),
+    runs.c.lease_owner == sa.bindparam("held_owner"),
+    runs.c.attempts == sa.bindparam("held_attempt"),
+    runs.c.status == IN_PROGRESS,
+)
+_RENEW = (
+    runs.update()
+    .where(_HELD)
+    .values(
+        lease_expires_at=sa.bindparam("renew_expires", type_=sa.BigInteger),
+        committed_sequence=sa.func.coalesce(
+            sa.bindparam("renew_committed", type_=sa.BigInteger), runs.c.committed_sequence
+        ),
+        steps=sa.func.coalesce(sa.bindparam("renew_cursor", type_=sa.Integer), runs.c.steps),
+    )
+)
+_RENEW_RETURNING = _RENEW.returning(runs.c.cancel_requested)
+_CANCEL_REQUESTED = sa.select(runs.c.cancel_requested).where(_HELD).with_for_update()
+_DROP_FOREGROUND = runs.delete().where(_HELD, runs.c.background.is_(False))
+_END = (
+    runs.update()
+    .where(_HELD)
+    .values(
+        status=sa.bindparam("end_status"),
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=sa.bindparam("end_at", type_=sa.BigInteger),
+    )
+)
+_DROP_STEPS = run_steps.delete().where(
+    run_steps.c.tenant_id == sa.bindparam("of_tenant"), run_steps.c.response_id == sa.bindparam("of_response")
+)
+_DROP_EVENTS = run_events.delete().where(
+    run_events.c.tenant_id == sa.bindparam("of_tenant"),
+    run_events.c.response_id == sa.bindparam("of_response"),
+)
+_UPSERT_STEPS: dict[str, Any] = {}
+
+
+def _held_params(lease: Lease) -> dict[str, Any]:
+    return {
+        "held_tenant": lease.tenant_id,
+        "held_response": lease.response_id,
+        "held_owner": lease.owner,
+        "held_attempt": lease.attempt,
+    }
+
+
+def _of(lease: Lease) -> dict[str, Any]:
+    return {"of_tenant": lease.tenant_id, "of_response": lease.response_id}
+
+
+def _upsert_steps(dialect: str) -> Any:
+    """One statement that inserts journal rows or replaces those with the same key."""
+    found = _UPSERT_STEPS.get(dialect)
+    if found is None:
+        insert = (sa_postgresql.insert if dialect == "postgresql" else sa_sqlite.insert)(run_steps)
+        found = insert.on_conflict_do_update(
+            index_elements=[
+                run_steps.c.tenant_id,
+                run_steps.c.response_id,
+                run_steps.c.step,
+                run_steps.c.call_id,
+            ],
+            set_={
+                "kind": insert.excluded.kind,
+                "status": insert.excluded.status,
+                "data": insert.excluded.data,
+            },
+        )
+        _UPSERT_STEPS[dialect] = found
+    return found
+
+
 def _this(tenant_id: str, response_id: str) -> sa.ColumnElement[bool]:
     return sa.and_(runs.c.tenant_id == tenant_id, runs.c.response_id == response_id)
 
@@ -179,23 +257,15 @@ def finish_run(
     journal (its items are committed by now). With `responded` (its response row is written in the
     same transaction), a run the client did not ask to keep in the background goes entirely: its
     events only carried the stream, and the response is the record."""
-    this = (run_steps.c.tenant_id == lease.tenant_id, run_steps.c.response_id == lease.response_id)
-    if responded and conn.execute(runs.delete().where(_held(lease), runs.c.background.is_(False))).rowcount:
-        conn.execute(run_steps.delete().where(*this))
-        conn.execute(
-            run_events.delete().where(
-                run_events.c.tenant_id == lease.tenant_id, run_events.c.response_id == lease.response_id
-            )
-        )
+    held = _held_params(lease)
+    if responded and conn.execute(_DROP_FOREGROUND, held).rowcount:
+        conn.execute(_DROP_STEPS, _of(lease))
+        conn.execute(_DROP_EVENTS, _of(lease))
         return
-    ended = conn.execute(
-        runs.update()
-        .where(_held(lease))
-        .values(status=status, lease_owner=None, lease_expires_at=None, updated_at=int(time.time()))
-    ).rowcount
+    ended = conn.execute(_END, {**held, "end_status": status, "end_at": int(time.time())}).rowcount
     if not ended:
         raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
-    conn.execute(run_steps.delete().where(*this))
+    conn.execute(_DROP_STEPS, _of(lease))
     if events:
         conn.execute(
             run_events.insert(), _event_rows(lease.tenant_id, lease.response_id, lease.attempt, events)
@@ -225,17 +295,7 @@ def put_steps(conn: sa.Connection, tenant_id: str, response_id: str, steps: Sequ
     if not steps:
         return
     lease = Lease(tenant_id=tenant_id, response_id=response_id, owner="", attempt=0, next_sequence=0)
-    insert = (sa_postgresql.insert if conn.dialect.name == "postgresql" else sa_sqlite.insert)(run_steps)
-    upsert = insert.on_conflict_do_update(
-        index_elements=[
-            run_steps.c.tenant_id,
-            run_steps.c.response_id,
-            run_steps.c.step,
-            run_steps.c.call_id,
-        ],
-        set_={"kind": insert.excluded.kind, "status": insert.excluded.status, "data": insert.excluded.data},
-    )
-    conn.execute(upsert, _step_rows(lease, steps))
+    conn.execute(_upsert_steps(conn.dialect.name), _step_rows(lease, steps))
 
 
 def pending_actions(conn: sa.Connection, tenant_id: str, response_id: str) -> int:
@@ -301,11 +361,12 @@ class RunRepository:
         with self.db.write() as conn:
             startable = True
             if conversation_id is not None:
-                conn.execute(  # serialise enqueues on one conversation (a no-op lock on SQLite)
-                    sa.select(conversations.c.id)
-                    .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
-                    .with_for_update()
-                )
+                if conn.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE serialises them already
+                    conn.execute(  # serialise enqueues on one conversation
+                        sa.select(conversations.c.id)
+                        .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
+                        .with_for_update()
+                    )
                 active = [
                     run_from_row(r)
                     for r in conn.execute(
@@ -432,18 +493,21 @@ class RunRepository:
         return run, lease
 
     def _renew(self, conn: sa.Connection, lease: Lease, lease_seconds: float, **values: Any) -> bool:
-        """Extend the lease (raising `LeaseLost` if it is gone), setting `values` too; return whether
-        cancel was requested. One statement where the database returns what it updates."""
-        values["lease_expires_at"] = _now_ms() + int(lease_seconds * 1000)
-        update = runs.update().where(_held(lease)).values(**values)
+        """Extend the lease (raising `LeaseLost` if it is gone), moving the cursor to `values`
+        (`committed_sequence`, `steps`) where given; return whether cancel was requested. One
+        statement where the database returns what it updates."""
+        params = {
+            **_held_params(lease),
+            "renew_expires": _now_ms() + int(lease_seconds * 1000),
+            "renew_committed": values.get("committed_sequence"),
+            "renew_cursor": values.get("steps"),
+        }
         if self.db.returning:
-            row = conn.execute(update.returning(runs.c.cancel_requested)).first()
+            row = conn.execute(_RENEW_RETURNING, params).first()
         else:
-            row = conn.execute(
-                sa.select(runs.c.cancel_requested).where(_held(lease)).with_for_update()
-            ).first()
+            row = conn.execute(_CANCEL_REQUESTED, params).first()
             if row is not None:
-                conn.execute(update)
+                conn.execute(_RENEW, params)
         if row is None:
             raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
         return bool(row.cancel_requested)
