@@ -10,7 +10,7 @@ embedded default; `--summariser extractive` uses a quick stand-in instead. For e
 the prompt the chat model was sent (tokens, counted by its tokenizer) against the whole history so
 far (what sending everything would cost), and whether the turn compacted.
 
-    bench/.venv/bin/python bench/context.py                      # conversation 0, a 4,096-token model
+    bench/.venv/bin/python bench/context.py                      # conversation 2, a 4,096-token model
     bench/.venv/bin/python bench/context.py --summariser extractive --window 2048
 """
 
@@ -181,7 +181,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--conversation", type=int, default=0, help="which of the 10 LoCoMo conversations")
+    parser.add_argument(
+        "--conversation", type=int, default=2, help="which of the 10 LoCoMo conversations (2: the longest)"
+    )
     parser.add_argument("--window", type=int, default=4096, help="the chat model's context window")
     parser.add_argument("--turns", type=int, default=0, help="replay only this many user turns (0: all)")
     parser.add_argument(

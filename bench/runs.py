@@ -942,7 +942,7 @@ def run_storage(
         pg_side = None
         if not args.no_postgres and synchronous == "full":  # one PostgreSQL run: its durability is FULL's
             server = pg()
-            pg_side = SreSide(None, server.database(f"storage-{synchronous}"), server, synchronous)
+            pg_side = SreSide(None, server.database(f"storage_{synchronous}"), server, synchronous)
         lg_side = (
             None if args.no_langgraph else LangGraphSide(root / f"langgraph-{synchronous}.db", synchronous)
         )

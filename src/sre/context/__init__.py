@@ -8,15 +8,10 @@ sections by the context policy — compacts the oldest history when it no longer
 it reads the store only to compact, writes nothing, and knows nothing of runs, HTTP or events.
 """
 
-from sre.context.assembler import (
-    AssembledContext,
-    ContextAssembler,
-    ContextOverflow,
-    ContextRequest,
-    output_reserve,
-)
+from sre.context.assembler import AssembledContext, ContextAssembler, ContextRequest
 from sre.context.compaction import CompactionFailed, CompactionResult, Compactor
 from sre.context.policy import ContextDefaults, turn_policy
+from sre.context.selection import ContextOverflow, output_reserve
 from sre.context.sources import Candidate, ContextSource, TurnContext, summary_message
 
 __all__ = [

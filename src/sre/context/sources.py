@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from sre.models.tokens import PromptCounter
@@ -144,17 +144,30 @@ class HistorySource:
 
     name = "history"
     contiguous = True
+    cache_size = 4096  # candidates of recent windows' items (each model counts its own)
+
+    def __init__(self) -> None:
+        # An item's candidate never changes for one model's counter: consecutive turns of a
+        # conversation share nearly all of their window, so most are reused.
+        self._cache: OrderedDict[tuple[int, str], Candidate] = OrderedDict()
 
     async def candidates(self, turn: TurnContext) -> Sequence[Candidate]:
         window = turn.window
         out: list[Candidate] = []
         count = len(window.items)
         estimated = not turn.counter.exact  # the store's own estimate is the count: reuse it
+        counter_key = id(turn.counter)
+        cache = self._cache
         # A compaction item in the turn's own input stands for everything before it.
         replaced: Reason | None = (
             "superseded" if any(isinstance(i, Compaction) for i in turn.input_items) else None
         )
         for index, stored in enumerate(window.items):
+            key = (counter_key, stored.id)
+            found = cache.get(key)
+            if found is not None:
+                out.append(found if replaced is None else replace(found, excluded_reason=replaced))
+                continue
             item = parsed(stored)
             if isinstance(item, Compaction):  # an older summary, superseded by the window's own
                 out.append(
@@ -171,19 +184,20 @@ class HistorySource:
                     )
                 )
                 continue
-            out.append(
-                Candidate(
-                    source=self.name,
-                    id=stored.id,
-                    section="history",
-                    tokens=stored.tokens if estimated else turn.counter.item(item),
-                    score=(index + 1) / (count + 1),  # the newest scores highest
-                    item=item,
-                    order=(HISTORY, stored.seq),
-                    cuttable=isinstance(item, FunctionCallOutput),
-                    excluded_reason=replaced,
-                )
+            made = Candidate(
+                source=self.name,
+                id=stored.id,
+                section="history",
+                tokens=stored.tokens if estimated else turn.counter.item(item),
+                score=stored.seq / (stored.seq + 1),  # the newest scores highest, below a summary's 1
+                item=item,
+                order=(HISTORY, stored.seq),
+                cuttable=isinstance(item, FunctionCallOutput),
             )
+            cache[key] = made
+            if len(cache) > self.cache_size:
+                cache.popitem(last=False)
+            out.append(made if replaced is None else replace(made, excluded_reason=replaced))
         if window.compaction is not None:
             compaction = item_from_json(window.compaction.raw)
             assert isinstance(compaction, Compaction)

@@ -202,7 +202,7 @@ class ResponsesAPI(RuntimeParts):
             manifest = ContextManifest.from_stored(call.manifest)
             if manifest is None:
                 continue
-            out.append({"model_call_id": call.id, "status": call.status, **manifest.to_stored()})
+            out.append({"model_call_id": call.id, "status": call.status, **manifest.model_dump(mode="json")})
         out.sort(key=lambda m: (m["step"], m["model_call_id"]))
         return out
 

@@ -179,7 +179,9 @@ class ContextManifest(BaseModel):
     older_items: bool = False  # history older than the window exists and was not read
 
     def to_stored(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_defaults=False)
+        """What the model call record keeps: defaults left out (read back, they are filled in)."""
+        # The version is always written, first: it says how to read the rest.
+        return {"version": self.version, **self.model_dump(mode="json", exclude_defaults=True)}
 
     @staticmethod
     def from_stored(data: dict[str, Any]) -> ContextManifest | None:
