@@ -121,7 +121,7 @@ def test_context_management_compacts_a_conversation(harness: Harness) -> None:
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert "history compacted now into" in shown.stdout and compaction.id in shown.stdout
-    assert "SECTION" in shown.stdout and "tool_outputs" in shown.stdout
+    assert "SECTION" in shown.stdout and "history" in shown.stdout and "compacted" in shown.stdout
     missing = subprocess.run(
         [sys.executable, "-m", "sre", "responses", "context", "resp_" + "0" * 32, "--tenant", harness.tenant,
          "--data-dir", str(harness.data_dir)],

@@ -22,6 +22,7 @@ from sre import Runtime, ToolError, ToolRegistry
 from sre.api import create_app
 from sre.models import ModelRequest
 from sre.testing import FunctionModel, ScriptedToolCall
+from sre.types.context import ContextManifest
 from sre.types.items import FunctionCallOutput, Message
 
 Decide = Callable[[ModelRequest], Any]
@@ -202,7 +203,8 @@ async def test_tool_loop_commits_every_step_and_joins_the_conversation(world: Wo
     caller = await world_caller(world)
     assert world.runtime.store.runs.steps(caller.tenant_id, response["id"]) == []
     records = world.runtime.store.responses.model_calls(caller.tenant_id, response["id"])
-    assert [r.manifest["step"] for r in sorted(records, key=lambda r: r.manifest["step"])] == [0, 2]
+    manifests = [ContextManifest.from_stored(r.manifest) for r in records]
+    assert sorted(m.step for m in manifests if m is not None) == [0, 2]
 
 
 async def world_caller(world: World) -> Any:
