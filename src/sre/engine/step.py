@@ -82,7 +82,7 @@ def call_record(
     return ModelCallRecord(
         tenant_id=turn.caller.tenant_id,
         id=new_id("mc"),
-        response_id=turn.response_id if turn.request.store or turn.request.conversation_id else None,
+        response_id=turn.response_id,  # also an unstored one's: its create can include the manifest
         principal_id=turn.caller.principal_id,
         model=turn.model.name,
         provider=turn.model.info.provider,
@@ -158,8 +158,9 @@ async def model_step(
         for event in output.close("incomplete"):
             ledger.emit(event)
         usage = usage_of(turn.model, request, output)
+        ended = FAILED if error is not None else CANCELLED
         journal.unrecorded.append(
-            call_record(turn, usage, status=FAILED, latency_ms=latency_ms, manifest=manifest, error=error)
+            call_record(turn, usage, status=ended, latency_ms=latency_ms, manifest=manifest, error=error)
         )
         return End(FAILED, error=error) if error is not None else End(CANCELLED)
     finish = output.finish.reason if output.finish is not None else None
