@@ -22,31 +22,13 @@ from sre.types.context import Reason
 from sre.types.items import (
     AnyItem,
     Compaction,
-    FunctionCall,
     FunctionCallOutput,
     InputText,
     Message,
     ModelItem,
     item_from_json,
 )
-from sre.types.records import AgentVersion, Caller, StoredItem, Window
-
-_PARSED_SIZE = 2048  # stored items kept parsed: consecutive turns of a conversation share their window
-_parsed: OrderedDict[str, AnyItem] = OrderedDict()
-
-
-def parsed(stored: StoredItem) -> AnyItem:
-    """A stored item as its model (items never change, so a recent parse is reused)."""
-    found = _parsed.get(stored.id)
-    if found is not None:
-        _parsed.move_to_end(stored.id)
-        return found
-    item = item_from_json(stored.raw)
-    _parsed[stored.id] = item
-    if len(_parsed) > _PARSED_SIZE:
-        _parsed.popitem(last=False)
-    return item
-
+from sre.types.records import AgentVersion, Caller, Window
 
 # Where an item candidate sits in the prompt: history first (by position), then the new input, then
 # the run's own items. Text candidates (instructions, memory, knowledge) go into the instructions.
@@ -154,7 +136,6 @@ class HistorySource:
     async def candidates(self, turn: TurnContext) -> Sequence[Candidate]:
         window = turn.window
         out: list[Candidate] = []
-        count = len(window.items)
         estimated = not turn.counter.exact  # the store's own estimate is the count: reuse it
         counter_key = id(turn.counter)
         cache = self._cache
@@ -162,13 +143,13 @@ class HistorySource:
         replaced: Reason | None = (
             "superseded" if any(isinstance(i, Compaction) for i in turn.input_items) else None
         )
-        for index, stored in enumerate(window.items):
+        for stored in window.items:
             key = (counter_key, stored.id)
             found = cache.get(key)
             if found is not None:
                 out.append(found if replaced is None else replace(found, excluded_reason=replaced))
                 continue
-            item = parsed(stored)
+            item = item_from_json(stored.raw)
             if isinstance(item, Compaction):  # an older summary, superseded by the window's own
                 out.append(
                     Candidate(
@@ -176,7 +157,7 @@ class HistorySource:
                         id=stored.id,
                         section="history",
                         tokens=stored.tokens,
-                        score=(index + 1) / (count + 1),
+                        score=stored.seq / (stored.seq + 1),
                         item=summary_message(item),
                         order=(HISTORY, stored.seq),
                         provenance={"compaction": True},
@@ -229,32 +210,20 @@ def _turn_items(turn: TurnContext, tool_outputs: bool) -> list[Candidate]:
             if isinstance(item, FunctionCallOutput) != tool_outputs:
                 continue
             section = "tool_outputs" if tool_outputs else "input"
-            if group == INPUT and index < last_summary:  # the input's own summary stands for it
-                out.append(
-                    Candidate(
-                        source=section,
-                        id=item.id or f"input:{index}",
-                        section=section,
-                        tokens=turn.counter.item(item),
-                        score=0.0,
-                        item=item,
-                        order=(group, index),
-                        excluded_reason="superseded",
-                    )
-                )
-                continue
+            superseded = group == INPUT and index < last_summary  # the input's own summary stands for it
             out.append(
                 Candidate(
                     source=section,
                     id=item.id or f"{'input' if group == INPUT else 'run'}:{index}",
                     section=section,
                     tokens=turn.counter.item(item),
-                    score=1.0,
+                    score=0.0 if superseded else 1.0,
                     item=item,
                     order=(group, index),
                     provenance={"from": "input" if group == INPUT else "run"},
-                    required=True,
-                    cuttable=tool_outputs,
+                    required=not superseded,
+                    cuttable=tool_outputs and not superseded,
+                    excluded_reason="superseded" if superseded else None,
                 )
             )
     return out
@@ -283,7 +252,3 @@ class ToolOutputsSource:
 
 def default_sources() -> list[ContextSource]:
     return [InstructionsSource(), HistorySource(), InputSource(), ToolOutputsSource()]
-
-
-def call_ids(items: Sequence[ModelItem]) -> set[str]:
-    return {i.call_id for i in items if isinstance(i, FunctionCall)}

@@ -18,8 +18,9 @@ from sre.context import ContextAssembler, ContextOverflow
 from sre.engine.journal import Journal, Ledger
 from sre.engine.output import OutputAssembler
 from sre.engine.turn import PreparedTurn
-from sre.models.base import ChatModel, ModelRequest
+from sre.models.base import ChatModel
 from sre.store import LeaseLost
+from sre.types.context import ContextManifest
 from sre.types.errors import ModelError, SREError
 from sre.types.ids import new_id
 from sre.types.items import ITEM_ADAPTER, Compaction, ModelItem
@@ -52,8 +53,9 @@ class End:
 StepOutcome = Continue | Pause | End
 
 
-def usage_of(model: ChatModel, request: ModelRequest, output: OutputAssembler) -> StepUsage:
-    """A model call's usage: the upstream's report if it sent one, else the model's own counter."""
+def usage_of(model: ChatModel, prompt: ContextManifest, output: OutputAssembler) -> StepUsage:
+    """A model call's usage: the upstream's report if it sent one, else the model's own counter
+    (the prompt as the assembler counted it last)."""
     if output.usage is not None:
         u = output.usage
         return StepUsage(
@@ -63,9 +65,8 @@ def usage_of(model: ChatModel, request: ModelRequest, output: OutputAssembler) -
             exact=u.exact,
         )
     counter = model.prompt_counter()
-    counted = model.count_tokens(request)
     return StepUsage(
-        input_tokens=counted.tokens, output_tokens=counter.text(output.output_text()), exact=counted.exact
+        input_tokens=prompt.window.used, output_tokens=counter.text(output.output_text()), exact=prompt.exact
     )
 
 
@@ -157,7 +158,7 @@ async def model_step(
     if error is not None or ledger.cancel:
         for event in output.close("incomplete"):
             ledger.emit(event)
-        usage = usage_of(turn.model, request, output)
+        usage = usage_of(turn.model, assembled.manifest, output)
         ended = FAILED if error is not None else CANCELLED
         journal.unrecorded.append(
             call_record(turn, usage, status=ended, latency_ms=latency_ms, manifest=manifest, error=error)
@@ -169,7 +170,7 @@ async def model_step(
     )
     for event in output.close("completed"):
         ledger.emit(event)
-    usage = usage_of(turn.model, request, output)
+    usage = usage_of(turn.model, assembled.manifest, output)
     items = [i.model_dump(mode="json", exclude_none=True) for i in output.items()]
     reason = None if status == COMPLETED else ("max_output_tokens" if finish == "length" else finish)
     row = StepRecord(

@@ -288,24 +288,25 @@ def scan(
         query = _SCAN_DESC if descending else _SCAN_ASC
         params = {"t": tenant_id, "c": conv_id, "lo": low, "hi": high, "n": remaining}
         # Plain tuples, not mapped rows: a window can be hundreds of items on every turn.
-        out.extend(
-            StoredItem(
-                tenant_id=tenant_id,
-                conversation_id=conv_id,
-                seq=seq,
-                id=item_id,
-                type=kind,
-                raw=raw,
-                response_id=response_id,
-                created_at=created_at,
-                tokens=tokens,
-                origin=origin,
-            )
-            for seq, item_id, kind, response_id, tokens, raw, created_at, origin in conn.execute(
-                query, params
-            ).fetchall()
-        )
+        out.extend(_scanned(tenant_id, conv_id, row) for row in conn.execute(query, params).fetchall())
     return out
+
+
+def _scanned(tenant_id: str, conv_id: str, row: Any) -> StoredItem:
+    """A row of `_SCAN_COLUMNS` as a stored item."""
+    seq, item_id, kind, response_id, tokens, raw, created_at, origin = row
+    return StoredItem(
+        tenant_id=tenant_id,
+        conversation_id=conv_id,
+        seq=seq,
+        id=item_id,
+        type=kind,
+        raw=raw,
+        response_id=response_id,
+        created_at=created_at,
+        tokens=tokens,
+        origin=origin,
+    )
 
 
 def find_item(
@@ -342,21 +343,10 @@ def newest_compaction(
         row = conn.execute(_NEWEST_COMPACTION, params).first()
         if row is None:
             continue
-        seq, item_id, kind, response_id, tokens, raw, created_at, origin = row
-        found = StoredItem(
-            tenant_id=tenant_id,
-            conversation_id=conv_id,
-            seq=seq,
-            id=item_id,
-            type=kind,
-            raw=raw,
-            response_id=response_id,
-            created_at=created_at,
-            tokens=tokens,
-            origin=origin,
-        )
+        found = _scanned(tenant_id, conv_id, row)
+        seq = found.seq
         through = seq - 1
-        if origin == "output":
+        if found.origin == "output":
             read = read_compaction(str(found.data.get("encrypted_content", "")))
             if read is not None and read[2] is not None and 0 <= read[2] < seq:
                 through = read[2]

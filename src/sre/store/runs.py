@@ -83,16 +83,6 @@ def _event_rows(
     ]
 
 
-def _held(lease: Lease) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        runs.c.tenant_id == lease.tenant_id,
-        runs.c.response_id == lease.response_id,
-        runs.c.lease_owner == lease.owner,
-        runs.c.attempts == lease.attempt,
-        runs.c.status == IN_PROGRESS,
-    )
-
-
 # The statements of a step's commit, built once with bound parameters: building SQLAlchemy
 # statements afresh on every commit cost more than running them.
 _HELD = sa.and_(
@@ -133,6 +123,8 @@ _DROP_EVENTS = run_events.delete().where(
     run_events.c.tenant_id == sa.bindparam("of_tenant"),
     run_events.c.response_id == sa.bindparam("of_response"),
 )
+_PAUSE = runs.update().where(_HELD).values(status=REQUIRES_ACTION)
+_RELEASE = runs.update().where(_HELD).values(lease_expires_at=0)
 _UPSERT_STEPS: dict[str, Any] = {}
 
 
@@ -587,7 +579,7 @@ class RunRepository:
         written with its last events, and the lease is let go. If everything it waits for was already
         decided, it goes back to the queue instead; return whether it paused."""
         with self.db.write() as conn:
-            if not conn.execute(runs.update().where(_held(lease)).values(status=REQUIRES_ACTION)).rowcount:
+            if not conn.execute(_PAUSE, _held_params(lease)).rowcount:
                 raise LeaseLost(f"run {lease.response_id} is no longer held by {lease.owner}")
             put_steps(conn, lease.tenant_id, lease.response_id, steps)
             if new_approvals:
@@ -607,7 +599,7 @@ class RunRepository:
     def release(self, lease: Lease) -> None:
         """Give a run back before its lease expires (a worker shutting down): claimable at once."""
         with self.db.write() as conn:
-            conn.execute(runs.update().where(_held(lease)).values(lease_expires_at=0))
+            conn.execute(_RELEASE, _held_params(lease))
 
     def finish(self, lease: Lease, status: str, events: Sequence[dict[str, Any]]) -> None:
         """End a run that produced no turn to commit (its request could no longer be prepared)."""

@@ -28,6 +28,11 @@ REQUIRED_SECTIONS = ("instructions", "input")
 KNOWN_SECTIONS = ("profile", "memory", "knowledge", "history", "tool_outputs")
 
 
+def _as_float(value: object) -> object:
+    """A whole number where a fraction is expected (strict mode takes only floats)."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class SectionPolicy(BaseModel):
     """A section's part of the budget left after the required sections: `share` of it, at least
     `min_tokens` (when the section has that much to offer) and at most `max_tokens`. What a section
@@ -38,10 +43,7 @@ class SectionPolicy(BaseModel):
     min_tokens: Annotated[int, Field(ge=0, le=10_000_000)] = 0
     max_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
 
-    @field_validator("share", mode="before")
-    @classmethod
-    def _number(cls, value: object) -> object:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    _number = field_validator("share", mode="before")(lambda value: _as_float(value))
 
 
 def default_sections() -> dict[str, SectionPolicy]:
@@ -70,10 +72,7 @@ class ContextPolicy(BaseModel):
     compact_threshold: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     keep_recent: Annotated[float, Field(ge=0, le=0.9)] = 0.5
 
-    @field_validator("keep_recent", mode="before")
-    @classmethod
-    def _number(cls, value: object) -> object:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    _number = field_validator("keep_recent", mode="before")(lambda value: _as_float(value))
 
     @field_validator("sections")
     @classmethod

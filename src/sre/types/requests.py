@@ -8,7 +8,7 @@ field; a few OpenAI parameters that SRE accepts but does not act on yet are list
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,17 +34,6 @@ class ToolChoiceFunction(BaseModel):
 
 
 # OpenAI's `include` values (accepted; SRE has none of the items they name yet) and SRE's own.
-INCLUDABLE = (
-    "file_search_call.results",
-    "web_search_call.results",
-    "web_search_call.action.sources",
-    "message.input_image.image_url",
-    "computer_call_output.output.image_url",
-    "code_interpreter_call.outputs",
-    "reasoning.encrypted_content",
-    "message.output_text.logprobs",
-    "context_manifest",  # SRE's own: what went into each model call
-)
 Includable = Literal[
     "file_search_call.results",
     "web_search_call.results",
@@ -54,8 +43,9 @@ Includable = Literal[
     "code_interpreter_call.outputs",
     "reasoning.encrypted_content",
     "message.output_text.logprobs",
-    "context_manifest",
+    "context_manifest",  # SRE's own: what went into each model call
 ]
+INCLUDABLE: tuple[str, ...] = get_args(Includable)
 
 
 class ContextManagement(BaseModel):
