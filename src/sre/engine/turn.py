@@ -345,7 +345,10 @@ class TurnEngine:
             for ref_ in (definition.tools if definition is not None else [])
             if ref_.type == "server" and (r := self.tools.registry.tools.get(ref_.name)) is not None
         ]
-        previous, window = self._read_state(caller, request, self._read_bound(model, request, items, tools))
+        # A plain turn cannot wait behind a run on its conversation: read whether one is active too.
+        plain = not request.background and not (definition is not None and request.store)
+        bound = self._read_bound(model, request, items, tools)
+        previous, window = self._read_state(caller, request, bound, busy=plain)
         return agent, definition, request, model, items, previous, window
 
     def _model(self, name: str | None, agent: AgentVersion | None) -> ChatModel:
@@ -397,12 +400,14 @@ class TurnEngine:
         return room if not counter.exact else room + room // 2
 
     def _read_state(
-        self, caller: Caller, request: CreateResponse, budget: int
+        self, caller: Caller, request: CreateResponse, budget: int, *, busy: bool = False
     ) -> tuple[ResponseRecord | None, Window]:
         previous = None
         if request.previous_response_id is not None:
             previous = self.store.responses.get(
                 caller.tenant_id, request.previous_response_id, param="previous_response_id"
             )
-        window = self.store.responses.context(caller.tenant_id, request.conversation_id, previous, budget)
+        window = self.store.responses.context(
+            caller.tenant_id, request.conversation_id, previous, budget, busy=busy
+        )
         return previous, window

@@ -68,14 +68,13 @@ class ResponsesAPI(RuntimeParts):
             return None
         return await asyncio.to_thread(self.store.runs.last_sequence, caller.tenant_id, run.response_id)
 
-    async def _check_free(self, turn: PreparedTurn) -> None:
+    @staticmethod
+    def _check_free(turn: PreparedTurn) -> None:
         """A plain turn is no run and cannot wait in its conversation's queue: while a run is active
-        there, it is refused rather than let in between the run's items."""
+        there (as `prepare` read it), it is refused rather than let in between the run's items."""
         conversation_id = turn.request.conversation_id
-        if conversation_id is None:
-            return
-        active = await asyncio.to_thread(self.store.runs.active_on, turn.caller.tenant_id, conversation_id)
-        if active is not None:
+        active = turn.window.active_run
+        if conversation_id is not None and active is not None:
             raise Conflict(
                 f"Conversation '{conversation_id}' has an active response ('{active.response_id}', "
                 f"{active.status}); wait for it to finish or cancel it.",
@@ -108,7 +107,7 @@ class ResponsesAPI(RuntimeParts):
                     self.background.watch(caller, turn.response_id, lease, turn, events=False)
                 )
             else:
-                await self._check_free(turn)
+                self._check_free(turn)
                 response = await self.plain.respond(turn)
         if "context_manifest" in (body.include or []):
             response["context_manifest"] = await self._manifests(caller, response["id"])
@@ -138,7 +137,7 @@ class ResponsesAPI(RuntimeParts):
         if turn.durable:
             lease = await self.background.start(turn, inline=True)
             return self.background.watch(caller, turn.response_id, lease, turn)
-        await self._check_free(turn)
+        self._check_free(turn)
         return self.plain.stream(turn)
 
     async def stream_background_response(

@@ -271,7 +271,24 @@ def scan(
 ) -> list[StoredItem]:
     """Up to `limit` items of the lineage in seq order, starting after (or before) seq `bound`,
     never at or below seq `floor`."""
-    out: list[StoredItem] = []
+    return [
+        _scanned(tenant_id, conv_id, row)
+        for conv_id, row in _scan_rows(conn, tenant_id, segments, descending, limit, bound, floor)
+    ]
+
+
+def _scan_rows(
+    conn: sa.Connection,
+    tenant_id: str,
+    segments: list[Segment],
+    descending: bool,
+    limit: int,
+    bound: int | None,
+    floor: int,
+) -> list[tuple[str, Any]]:
+    """`scan`'s rows (of `_SCAN_COLUMNS`), each with its conversation: plain tuples, not mapped rows
+    or items, as a window reads hundreds of them on every turn and keeps only those that fit."""
+    out: list[tuple[str, Any]] = []
     ordered = segments if descending else list(reversed(segments))
     for conv_id, lo, hi in ordered:
         remaining = limit - len(out)
@@ -287,8 +304,7 @@ def scan(
             continue
         query = _SCAN_DESC if descending else _SCAN_ASC
         params = {"t": tenant_id, "c": conv_id, "lo": low, "hi": high, "n": remaining}
-        # Plain tuples, not mapped rows: a window can be hundreds of items on every turn.
-        out.extend(_scanned(tenant_id, conv_id, row) for row in conn.execute(query, params).fetchall())
+        out.extend((conv_id, row) for row in conn.execute(query, params).fetchall())
     return out
 
 
@@ -364,23 +380,23 @@ def read_window(conn: sa.Connection, conv: Conversation, budget: int, upto: int 
     chosen: list[StoredItem] = []
     used = 0
     bound: int | None = None if upto is None else upto + 1
+    skip = compaction.seq if compaction is not None else None
+    tenant_id = conv.tenant_id
     while True:
-        page = scan(
-            conn, conv.tenant_id, segments, descending=True, limit=_WINDOW_PAGE, bound=bound, floor=start
-        )
-        for item in page:
-            if compaction is not None and item.seq == compaction.seq:
+        page = _scan_rows(conn, tenant_id, segments, True, _WINDOW_PAGE, bound, start)
+        for conv_id, row in page:  # row: seq, id, type, response_id, tokens, ...
+            if row[0] == skip:
                 continue  # it stands first, for what it covers
-            if item.type != "compaction":  # an older summary costs nothing: it will not go in
-                if used + item.tokens > budget:
+            if row[2] != "compaction":  # an older summary costs nothing: it will not go in
+                if used + row[4] > budget:
                     chosen.reverse()
                     return Window(chosen, used, True, compaction, start, conv.id)
-                used += item.tokens
-            chosen.append(item)
+                used += row[4]
+            chosen.append(_scanned(tenant_id, conv_id, row))
         if len(page) < _WINDOW_PAGE:
             chosen.reverse()
             return Window(chosen, used, False, compaction, start, conv.id)
-        bound = page[-1].seq
+        bound = page[-1][1][0]
 
 
 class ConversationRepository:

@@ -8,6 +8,7 @@ when a client branches from an older response.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from sre.store.conversations import (
 )
 from sre.store.database import Database
 from sre.store.model_calls import insert_model_call
-from sre.store.runs import finish_run
+from sre.store.runs import active_run, finish_run
 from sre.store.schema import approvals, items, model_calls, responses, run_events, run_steps, runs
 from sre.types.errors import InvalidRequest, NotFound
 from sre.types.items import AnyItem
@@ -98,15 +99,27 @@ class ResponseRepository:
         return response_from_row(row)
 
     def context(
-        self, tenant_id: str, conversation_id: str | None, previous: ResponseRecord | None, budget: int
+        self,
+        tenant_id: str,
+        conversation_id: str | None,
+        previous: ResponseRecord | None,
+        budget: int,
+        *,
+        busy: bool = False,
     ) -> Window:
-        """The window a new turn starts from: a conversation's newest items, or a chain's at its head."""
+        """The window a new turn starts from: a conversation's newest items, or a chain's at its head;
+        with `busy`, a conversation's active run too (in the same read)."""
         with self.db.read() as conn:
             if conversation_id is not None:
                 conv = load_conversation(
                     conn, tenant_id, conversation_id, hidden_ok=False, param="conversation"
                 )
-                return read_window(conn, conv, budget)
+                window = read_window(conn, conv, budget)
+                if busy:
+                    window = dataclasses.replace(
+                        window, active_run=active_run(conn, tenant_id, conversation_id)
+                    )
+                return window
             if previous is not None:
                 conv = load_conversation(conn, tenant_id, previous.conversation_id)
                 return read_window(conn, conv, budget, upto=previous.head_seq)

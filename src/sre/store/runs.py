@@ -324,6 +324,24 @@ def requeue_if_ready(conn: sa.Connection, tenant_id: str, response_id: str) -> b
     return bool(done)
 
 
+_ACTIVE_RUNS = (
+    sa.select(runs)
+    .where(
+        runs.c.tenant_id == sa.bindparam("t"),
+        runs.c.conversation_id == sa.bindparam("c"),
+        runs.c.status.in_(ACTIVE),
+    )
+    .order_by(runs.c.queued_ms)
+)
+_ACTIVE_ON = _ACTIVE_RUNS.limit(1)
+
+
+def active_run(conn: sa.Connection, tenant_id: str, conversation_id: str) -> RunRecord | None:
+    """The oldest queued, running or paused run on a conversation, if any."""
+    row = conn.execute(_ACTIVE_ON, {"t": tenant_id, "c": conversation_id}).first()
+    return None if row is None else run_from_row(row)
+
+
 class RunRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -361,13 +379,7 @@ class RunRepository:
                     )
                 active = [
                     run_from_row(r)
-                    for r in conn.execute(
-                        sa.select(runs).where(
-                            runs.c.tenant_id == tenant_id,
-                            runs.c.conversation_id == conversation_id,
-                            runs.c.status.in_(ACTIVE),
-                        )
-                    )
+                    for r in conn.execute(_ACTIVE_RUNS, {"t": tenant_id, "c": conversation_id})
                 ]
                 if active and policy == "reject":
                     raise Conflict(
@@ -665,17 +677,7 @@ class RunRepository:
     def active_on(self, tenant_id: str, conversation_id: str) -> RunRecord | None:
         """The oldest queued, running or paused run on a conversation, if any."""
         with self.db.read() as conn:
-            row = conn.execute(
-                sa.select(runs)
-                .where(
-                    runs.c.tenant_id == tenant_id,
-                    runs.c.conversation_id == conversation_id,
-                    runs.c.status.in_(ACTIVE),
-                )
-                .order_by(runs.c.queued_ms)
-                .limit(1)
-            ).first()
-        return None if row is None else run_from_row(row)
+            return active_run(conn, tenant_id, conversation_id)
 
     def lease_owners(self, prefix: str) -> list[str]:
         """The owners (all tenants) holding runs whose ids start with `prefix` (one machine's)."""

@@ -187,6 +187,7 @@ class Window:
     compaction: StoredItem | None = None
     start_seq: int = 0  # the position the window starts after (a compaction's last covered item)
     conversation_id: str | None = None  # whose lineage it was read from (None: no conversation yet)
+    active_run: RunRecord | None = None  # the conversation's active run, when the reader asked
 
 
 @dataclass(frozen=True, slots=True)
