@@ -161,7 +161,7 @@ async def priced(
     }
     runtime = Runtime.open(data_dir=tmp_path, models=ModelRegistry.from_config(config, {}), env={})
     tenant = f"usage-{uuid.uuid4().hex}"
-    _, alice = runtime.create_key(tenant, "alice")
+    _, alice = runtime.create_key(tenant, "alice", role="admin")  # an admin sees the tenant's usage
     _, bob = runtime.create_key(tenant, "bob")
     transport = httpx.ASGITransport(app=create_app(runtime))
     async with httpx.AsyncClient(transport=transport, base_url="http://sre") as client:
@@ -197,6 +197,11 @@ async def test_usage_and_cost(
     assert empty["data"] == []
     bad = await client.get("/v1/usage?start_time=10&end_time=5", headers={"Authorization": f"Bearer {alice}"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "end_time"
+    # A member sees its own usage only.
+    own = (await client.get("/v1/usage", headers={"Authorization": f"Bearer {bob}"})).json()["data"]
+    assert [row["principal_id"] for row in own] == [
+        next(p for p in by_principal if p != alice_row["principal_id"])
+    ]
 
 
 async def test_input_tokens_endpoint(

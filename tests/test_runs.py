@@ -420,9 +420,10 @@ async def test_approval_by_rule_pauses_and_resumes_after_approval(world: World) 
     approval = pending["data"][0]
     assert approval["kind"] == "approval" and approval["response_id"] == big["id"]
 
-    # Only the principal the run acts for may decide (no approvers named); bob may not.
-    error = await world.fails(403, "POST", f"/v1/approvals/{approval['id']}/approve", who="bob")
-    assert error["code"] == "not_an_approver"
+    # Only the principal the run acts for may decide (no approvers named); to bob, another member of
+    # the tenant, alice's approval does not exist.
+    error = await world.fails(404, "POST", f"/v1/approvals/{approval['id']}/approve", who="bob")
+    assert error["code"] == "not_found"
     decided = await world.ok("POST", f"/v1/approvals/{approval['id']}/approve", {"reason": "known vendor"})
     assert decided["status"] == "approved" and decided["decided_by"] == "alice"
     error = await world.fails(409, "POST", f"/v1/approvals/{approval['id']}/deny")

@@ -76,7 +76,7 @@ def test_conversation_lifecycle(store: Store) -> None:
     conv, stored = store.conversations.create(t, metadata={"topic": "x"}, initial=user("a", "b"))
     assert [i.seq for i in stored] == [1, 2] and conv.last_seq == 2
     assert store.conversations.get(t, conv.id).metadata == {"topic": "x"}
-    assert store.conversations.update_metadata(t, conv.id, {"topic": "y"}).metadata == {"topic": "y"}
+    assert store.conversations.update(t, conv.id, metadata={"topic": "y"}).metadata == {"topic": "y"}
     assert store.conversations.get(t, conv.id).metadata == {"topic": "y"}
     store.conversations.delete(t, conv.id)
     with pytest.raises(NotFound):

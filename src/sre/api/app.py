@@ -1,5 +1,5 @@
-"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents and approvals,
-over `Runtime`.
+"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents, approvals and
+audit trail, over `Runtime`.
 
 Routes parse input (pydantic models shared with the Python API), resolve the caller from the
 bearer key, call one `Runtime` method and shape the result. Nothing else happens here.
@@ -36,6 +36,7 @@ from sre.types.requests import (
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[str, Query(pattern="^(asc|desc)$")]
 After = Annotated[str | None, Query(max_length=64)]
+AuditText = Annotated[str | None, Query(min_length=1, max_length=200)]
 Version = Annotated[int | None, Query(ge=1, le=MAX_AGENT_VERSION)]
 Include = Annotated[list[str] | None, Query(max_length=16)]
 
@@ -282,6 +283,44 @@ def create_app(
     ) -> dict[str, Any]:
         return await runtime.list_approvals(
             who, status=status, response_id=response_id, after=after, limit=limit
+        )
+
+    @app.get("/v1/audit", tags=["audit"])
+    async def list_audit(
+        who: Who,
+        action: AuditText = None,
+        actor: AuditText = None,
+        on_behalf_of: AuditText = None,
+        agent: AuditText = None,
+        resource_type: AuditText = None,
+        resource_id: AuditText = None,
+        outcome: Annotated[str | None, Query(pattern="^(success|denied|failure|error)$")] = None,
+        request_id: AuditText = None,
+        since: Annotated[int | None, Query(ge=0, lt=2**41)] = None,
+        until: Annotated[int | None, Query(ge=0, lt=2**41)] = None,
+        after: After = None,
+        limit: Limit = 20,
+        order: Order = "desc",
+    ) -> dict[str, Any]:
+        """The tenant's audit events (admins and auditors), newest first unless `order=asc`."""
+        given = {
+            "action": action,
+            "actor": actor,
+            "on_behalf_of": on_behalf_of,
+            "agent": agent,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "outcome": outcome,
+            "request_id": request_id,
+        }
+        return await runtime.list_audit(
+            who,
+            filters={k: v for k, v in given.items() if v is not None},
+            since=since,
+            until=until,
+            after=after,
+            limit=limit,
+            order=order,
         )
 
     @app.get("/v1/approvals/{approval_id}", tags=["approvals"])

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -41,6 +42,11 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(db_app, name="db")
 responses_app = typer.Typer(help="Look into stored responses.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(responses_app, name="responses")
+audit_app = typer.Typer(
+    help="Verify and export the tamper-evident audit trail.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(audit_app, name="audit")
+AllTenants = Annotated[bool, typer.Option("--all", help="Every tenant's chain (and the system chain).")]
 
 DataDir = Annotated[
     Path | None,
@@ -211,16 +217,28 @@ def keys_create(
     tenant: Annotated[str, typer.Option("--tenant", help="Tenant name (created if new).")],
     principal: Annotated[str, typer.Option("--principal", help="Principal name (created if new).")],
     name: Annotated[str, typer.Option("--name", help="A label for the key.")] = "default",
+    role: Annotated[
+        str | None,
+        typer.Option(
+            "--role",
+            help="The principal's role: admin, developer, member or auditor (a new principal: member).",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a key for a principal of a tenant and print it once."""
     runtime = _open(data_dir, database_url, None)
     try:
-        key, secret = runtime.create_key(tenant, principal, name)
+        key, secret = runtime.create_key(tenant, principal, name, role)
+        caller = runtime.tenant_caller(tenant, principal)
+        found = runtime.auth.principal(caller)
     finally:
         runtime.close()
-    _say(f"Created key {key.id} for principal {principal!r} of tenant {tenant!r}. It is shown only once:")
+    _say(
+        f"Created key {key.id} for principal {principal!r} ({found.role}) of tenant {tenant!r}. "
+        "It is shown only once:"
+    )
     print(secret)
 
 
@@ -449,6 +467,63 @@ def responses_context(
         return
     for manifest in manifests:
         print(manifest_table(manifest))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    tenant: Tenant = None,
+    every: AllTenants = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Check a tenant's audit chain: every event against its hash and the one before; exit 1 and say
+    where on any change, removal, insertion or reordering."""
+    runtime = _open(data_dir, database_url, None)
+    try:
+        reports = runtime.verify_audit(tenant, every=every)
+    finally:
+        runtime.close()
+    bad = False
+    for report in reports:
+        if report.ok:
+            print(f"{report.tenant_id}: ok, {report.events} events, head {report.head_seq}")
+            continue
+        bad = True
+        print(
+            f"{report.tenant_id}: TAMPERED, {report.events} events, head {report.head_seq}; "
+            f"first bad position: {report.first_bad}"
+        )
+        for problem in report.problems:
+            print(f"  {problem.kind} at {problem.seq}: {problem.message}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file [default: stdout].")
+    ] = None,
+    tenant: Tenant = None,
+    every: AllTenants = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Write a tenant's audit events, oldest first, as JSON Lines (one event per line, with its hashes)."""
+    import json
+    import sys
+
+    runtime = _open(data_dir, database_url, None)
+    try:
+        with open(output, "w", encoding="utf-8") if output is not None else nullcontext(sys.stdout) as out:
+            count = 0
+            for event in runtime.export_audit(tenant, every=every):
+                out.write(json.dumps(event, separators=(",", ":")) + "\n")
+                count += 1
+    finally:
+        runtime.close()
+    if output is not None:
+        _say(f"Wrote {count} events to {output}.")
 
 
 @db_app.command("upgrade")

@@ -372,6 +372,7 @@ class BackgroundRuns:
                 decisions=decisions,
                 check=check,
                 decided_by=decided_by,
+                actor=caller.principal_id,
             )
         )
 

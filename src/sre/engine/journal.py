@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from sre.context.compaction import CompactionResult
 from sre.store import Store, TurnCommit
+from sre.types.audit import AuditEvent
 from sre.types.errors import SREError
 from sre.types.ids import new_id
 from sre.types.items import ITEM_ADAPTER, Compaction, read_compaction
@@ -54,7 +55,11 @@ class Ledger(Protocol):
     def announce(self, event: dict[str, Any]) -> None: ...
     async def after_chunk(self) -> bool: ...
     async def commit_step(
-        self, rows: Sequence[StepRecord], calls: Sequence[ModelCallRecord], cursor: int | None
+        self,
+        rows: Sequence[StepRecord],
+        calls: Sequence[ModelCallRecord],
+        cursor: int | None,
+        audit: Sequence[AuditEvent] = (),
     ) -> None: ...
     async def pause(self, waiting: Sequence[StepRecord], asks: Sequence[ApprovalRecord]) -> bool: ...
     async def finish(self, commit: TurnCommit, final: dict[str, Any], error: SREError | None) -> None: ...
@@ -125,11 +130,21 @@ class RunCheckpoint:
         return self.cancel
 
     async def commit_step(
-        self, rows: Sequence[StepRecord], calls: Sequence[ModelCallRecord], cursor: int | None
+        self,
+        rows: Sequence[StepRecord],
+        calls: Sequence[ModelCallRecord],
+        cursor: int | None,
+        audit: Sequence[AuditEvent] = (),
     ) -> None:
         cancel = await asyncio.to_thread(
             lambda: self.store.runs.commit_step(
-                self.lease, rows, self.take(), self.lease_seconds, model_calls=calls, cursor=cursor
+                self.lease,
+                rows,
+                self.take(),
+                self.lease_seconds,
+                model_calls=calls,
+                cursor=cursor,
+                audit=audit,
             )
         )
         self.cancel = cancel or self.cancel
@@ -175,7 +190,11 @@ class TurnLedger:
         return False
 
     async def commit_step(
-        self, rows: Sequence[StepRecord], calls: Sequence[ModelCallRecord], cursor: int | None
+        self,
+        rows: Sequence[StepRecord],
+        calls: Sequence[ModelCallRecord],
+        cursor: int | None,
+        audit: Sequence[AuditEvent] = (),
     ) -> None:
         raise AssertionError("a plain turn has one step, committed with its end")
 

@@ -30,6 +30,7 @@ from sre.engine.turn import PreparedTurn
 from sre.store import Store
 from sre.tools.base import ToolError
 from sre.tools.policy import needs_approval
+from sre.types.audit import AuditEvent, Outcome
 from sre.types.ids import new_id
 from sre.types.items import ITEM_ADAPTER
 from sre.types.records import ApprovalRecord, StepRecord
@@ -60,6 +61,23 @@ def approval_item(record: ApprovalRecord) -> dict[str, Any]:
         "call_id": record.call_id,
         "kind": record.kind,
     }
+
+
+def tool_event(
+    turn: PreparedTurn, step: int, call: dict[str, Any], outcome: Outcome, reason: str
+) -> AuditEvent:
+    """The audit event of a server-side tool call: ran, refused or failed, and why; never its
+    arguments or output."""
+    return AuditEvent(
+        action="tool.call",
+        resource_type="tool_call",
+        resource_id=call["call_id"],
+        actor=turn.caller.principal_id,
+        outcome=outcome,
+        agent=turn.agent.name if turn.agent is not None else None,
+        agent_version=turn.agent.version if turn.agent is not None else None,
+        details={"tool": call["name"], "response_id": turn.response_id, "step": step, "reason": reason},
+    )
 
 
 class RunEngine:
@@ -126,14 +144,16 @@ class RunEngine:
         client = {t.name for t in turn.request.tools or []}
         limits = turn.definition.limits if turn.definition is not None else None
         recorded: list[StepRecord] = []  # outputs known without running anything
+        audited: list[AuditEvent] = []  # and what each of them was, for the audit trail
         runnable: list[tuple[dict[str, Any], dict[str, Any]]] = []
         waiting: list[StepRecord] = []  # client calls to wait for
         asks: list[ApprovalRecord] = []  # new decisions to ask for
         pending = False  # an earlier decision is still open
 
-        def record(call: dict[str, Any], output: str) -> None:
+        def record(call: dict[str, Any], output: str, outcome: Outcome, reason: str) -> None:
             done = CallStepData(output=output_item(call["call_id"], output))
             recorded.append(StepRecord(step, call["call_id"], "tool", "completed", done))
+            audited.append(tool_event(turn, step, call, outcome, reason))
 
         def ask(call: dict[str, Any], kind: str) -> None:
             asks.append(
@@ -166,7 +186,13 @@ class RunEngine:
             elif decision.status == "approved":
                 runnable.append((call, arguments))
             else:
-                record(call, self._refusal(decision, unknown=kind == "unknown_outcome"))
+                unknown = kind == "unknown_outcome"
+                record(
+                    call,
+                    self._refusal(decision, unknown=unknown),
+                    "error" if unknown else "denied",
+                    "outcome_unknown" if unknown else "approval_denied",
+                )
 
         for call in calls:
             name, call_id = call["name"], call["call_id"]
@@ -180,7 +206,10 @@ class RunEngine:
             bound = turn.bound.get(name)
             if bound is None:
                 record(
-                    call, _error_output(ToolError(f"There is no tool named '{name}'.", code="unknown_tool"))
+                    call,
+                    _error_output(ToolError(f"There is no tool named '{name}'.", code="unknown_tool")),
+                    "denied",
+                    "not_granted",  # the agent was not given it (whatever the model was told)
                 )
                 continue
             try:
@@ -189,7 +218,7 @@ class RunEngine:
                 arguments = None
             if not isinstance(arguments, dict):
                 error = ToolError("The arguments are not a JSON object.", code="invalid_arguments")
-                record(call, _error_output(error))
+                record(call, _error_output(error), "error", "invalid_arguments")
                 continue
             if row is not None and row.status == "started" and not bound.spec.idempotent:
                 decide(call, arguments, "unknown_outcome")
@@ -204,7 +233,7 @@ class RunEngine:
         ):
             return End(INCOMPLETE, reason="max_tool_calls")
         if recorded:
-            await self._commit_results(ledger, journal, recorded)
+            await self._commit_results(ledger, journal, recorded, audited)
         if runnable:
             await asyncio.gather(*(self._run_call(turn, ledger, journal, step, c, a) for c, a in runnable))
         if waiting or asks or pending:
@@ -225,14 +254,16 @@ class RunEngine:
         by = f" (decided by {decision.decided_by}" + (f": {decision.reason})" if decision.reason else ")")
         return json.dumps({"error": {"code": "denied", "message": what + by + "."}})
 
-    async def _commit_results(self, ledger: Ledger, journal: Journal, rows: list[StepRecord]) -> None:
+    async def _commit_results(
+        self, ledger: Ledger, journal: Journal, rows: list[StepRecord], audit: list[AuditEvent]
+    ) -> None:
         offset = len(journal.transcript())
         for index, row in enumerate(rows):
             assert isinstance(row.data, CallStepData)
             item = row.data.output
             ledger.emit({"type": "response.output_item.added", "output_index": offset + index, "item": item})
             ledger.emit({"type": "response.output_item.done", "output_index": offset + index, "item": item})
-        await ledger.commit_step(rows, [], None)
+        await ledger.commit_step(rows, [], None, audit)
         for row in rows:
             journal.calls[(row.step, row.call_id)] = row
 
@@ -252,25 +283,31 @@ class RunEngine:
             await ledger.commit_step([started], [], None)
             journal.calls[(step, call_id)] = started
         key = f"{turn.response_id}:{step}:{call_id}"
+        outcome: Outcome = "failure"
+        reason = "error"
         try:
             # The source enforces the tool's timeout; this bound only catches a source that does not.
             output = await asyncio.wait_for(
                 bound.source.call(call["name"], arguments, key=key), bound.spec.timeout + 5
             )
+            outcome, reason = "success", "ran"
         except TimeoutError:
             output = _error_output(
                 ToolError(
                     f"Tool '{call['name']}' did not finish within {bound.spec.timeout:g} s.", code="timeout"
                 )
             )
+            reason = "timeout"
         except ToolError as exc:
             output = _error_output(exc)
+            reason = exc.code or "error"
         except Exception as exc:  # a source's own bug: the model hears of it, the run goes on
             output = _error_output(ToolError(f"{type(exc).__name__}: {exc}"))
         done = StepRecord(
             step, call_id, "tool", "completed", CallStepData(output=output_item(call_id, output))
         )
-        await self._commit_results(ledger, journal, [done])
+        event = tool_event(turn, step, call, outcome, reason)
+        await self._commit_results(ledger, journal, [done], [event])
 
     async def _pause(
         self,

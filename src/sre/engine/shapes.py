@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sre.types.lists import list_object
-from sre.types.records import ResponseRecord, StoredItem
+from sre.types.records import Conversation, ResponseRecord, StoredItem
 
 
 def usage_object(input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
@@ -83,8 +83,15 @@ def stored_response_object(record: ResponseRecord, output: Sequence[StoredItem])
     )
 
 
-def conversation_object(conv_id: str, created_at: int, metadata: dict[str, str]) -> dict[str, Any]:
-    return {"id": conv_id, "object": "conversation", "created_at": created_at, "metadata": metadata}
+def conversation_object(conv: Conversation) -> dict[str, Any]:
+    """OpenAI's conversation object, with SRE's `visibility`."""
+    return {
+        "id": conv.id,
+        "object": "conversation",
+        "created_at": conv.created_at,
+        "metadata": conv.metadata,
+        "visibility": conv.visibility,
+    }
 
 
 def item_list(items: Sequence[StoredItem], has_more: bool) -> dict[str, Any]:

@@ -99,6 +99,8 @@ def call_record(
         manifest=manifest,
         error=None if error is None else error.message,
         created_at=int(time.time()),
+        agent=turn.agent.name if turn.agent is not None else None,
+        agent_version=turn.agent.version if turn.agent is not None else None,
     )
 
 

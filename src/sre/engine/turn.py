@@ -405,9 +405,13 @@ class TurnEngine:
         previous = None
         if request.previous_response_id is not None:
             previous = self.store.responses.get(
-                caller.tenant_id, request.previous_response_id, param="previous_response_id"
+                caller.tenant_id,
+                request.previous_response_id,
+                param="previous_response_id",
+                viewer=caller.viewer,
+                write=True,
             )
         window = self.store.responses.context(
-            caller.tenant_id, request.conversation_id, previous, budget, busy=busy
+            caller.tenant_id, request.conversation_id, previous, budget, busy=busy, viewer=caller.viewer
         )
         return previous, window

@@ -2,11 +2,13 @@
 
 The one place above the store where a request's identity is established (an API key, the local
 user of an embedded setup, the CLI acting within a tenant) and where the rules of who may do what
-are written (who may decide an approval). Later: roles, scopes, acting for a user, audit. It reads
+are written (who may decide an approval, who may read the audit trail). Later: scopes, acting for a
+user, per-route roles. It reads
 and writes through the store; it knows nothing of HTTP, models or the engine.
 """
 
 from sre.governance.auth import Authenticator
+from sre.governance.roles import AUDIT_READERS, ROLES, check_audit_reader
 from sre.governance.rules import approval_check
 
-__all__ = ["Authenticator", "approval_check"]
+__all__ = ["AUDIT_READERS", "ROLES", "Authenticator", "approval_check", "check_audit_reader"]

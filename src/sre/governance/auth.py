@@ -40,8 +40,8 @@ class Authenticator:
         """The caller of the embedded, single-user setup (`--no-auth`, first-start key)."""
         if self._local is None:
             tenant_id = self.store.keys.ensure_tenant(LOCAL_TENANT)
-            principal = self.store.keys.ensure_principal(tenant_id, LOCAL_PRINCIPAL)
-            self._local = Caller(tenant_id=tenant_id, principal_id=principal.id)
+            principal = self.store.keys.ensure_principal(tenant_id, LOCAL_PRINCIPAL, role="admin")
+            self._local = Caller(tenant_id=tenant_id, principal_id=principal.id, role=principal.role)
         return self._local
 
     def tenant_caller(self, tenant: str | None, principal: str | None = None) -> Caller:
@@ -53,17 +53,23 @@ class Authenticator:
         if principal is not None:
             found = self.store.keys.ensure_principal(tenant_id, principal)
         elif tenant is None:
-            found = self.store.keys.ensure_principal(tenant_id, LOCAL_PRINCIPAL, "user")
+            found = self.store.keys.ensure_principal(tenant_id, LOCAL_PRINCIPAL, "user", "admin")
         else:
-            found = self.store.keys.ensure_principal(tenant_id, CLI_PRINCIPAL, "service")
-        return Caller(tenant_id=tenant_id, principal_id=found.id)
+            found = self.store.keys.ensure_principal(tenant_id, CLI_PRINCIPAL, "service", "admin")
+        return Caller(tenant_id=tenant_id, principal_id=found.id, role=found.role)
 
     def principal(self, caller: Caller) -> Principal:
         return self.store.keys.get_principal(caller.tenant_id, caller.principal_id)
 
-    def create_key(self, tenant: str, principal: str, name: str = "default") -> tuple[ApiKey, str]:
+    def create_key(
+        self, tenant: str, principal: str, name: str = "default", role: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """A key for `principal` (created if new, as a `member` unless `role` says otherwise; an
+        existing one gets `role` when it is given)."""
         tenant_id = self.store.keys.ensure_tenant(tenant)
-        found = self.store.keys.ensure_principal(tenant_id, principal)
+        found = self.store.keys.ensure_principal(tenant_id, principal, role=role or "member")
+        if role is not None and found.role != role:
+            found = self.store.keys.set_role(tenant_id, found.id, role)
         return self.store.keys.create_key(tenant_id, found.id, name)
 
     def bootstrap_local_key(self) -> str | None:

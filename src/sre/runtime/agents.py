@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from sre.engine.agents import agent_list, agent_object, agent_version_list, is_agent_name
@@ -40,7 +41,13 @@ class AgentsAPI(RuntimeParts):
         """Define a new agent (version 1); a deleted name starts again after its last version."""
         definition = self._with_model(_coerce(AgentDefinition, request))
         record = await asyncio.to_thread(
-            self.store.agents.create, caller.tenant_id, definition.name, definition.to_stored()
+            partial(
+                self.store.agents.create,
+                caller.tenant_id,
+                definition.name,
+                definition.to_stored(),
+                actor=caller.principal_id,
+            )
         )
         return agent_object(record)
 
@@ -68,12 +75,21 @@ class AgentsAPI(RuntimeParts):
             latest = AgentDefinition.from_stored(current.name, current.definition)
             return self._with_model(body.revise(latest)).to_stored()
 
-        record = await asyncio.to_thread(self.store.agents.update, caller.tenant_id, name, revise)
+        record = await asyncio.to_thread(
+            partial(self.store.agents.update, caller.tenant_id, name, revise, actor=caller.principal_id)
+        )
         return agent_object(record)
 
     async def delete_agent(self, caller: Caller, name: str) -> dict[str, Any]:
         """Delete every version; the name may be created again."""
-        await asyncio.to_thread(self.store.agents.delete, caller.tenant_id, self._agent_name(name))
+        await asyncio.to_thread(
+            partial(
+                self.store.agents.delete,
+                caller.tenant_id,
+                self._agent_name(name),
+                actor=caller.principal_id,
+            )
+        )
         return {"id": name, "object": "agent.deleted", "deleted": True}
 
     async def list_agents(

@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 from sre.governance import approval_check
+from sre.governance.rules import may_decide
 from sre.runtime.base import RuntimeParts
-from sre.types.errors import InvalidRequest
+from sre.types.errors import InvalidRequest, NotFound
 from sre.types.lists import list_object
-from sre.types.records import ApprovalRecord, Caller
+from sre.types.records import ApprovalRecord, Caller, Principal
 
 STATUSES = ("pending", "approved", "denied", "cancelled")
 MAX_REASON = 4096
@@ -51,15 +52,33 @@ class ApprovalsAPI(RuntimeParts):
             )
         if not 1 <= limit <= 100:
             raise InvalidRequest("Invalid value for 'limit': must be between 1 and 100.", param="limit")
+        principal = await asyncio.to_thread(self.auth.principal, caller)
+        seen_by = None if caller.viewer.oversight else (principal.id, principal.name)
         page = await asyncio.to_thread(
             lambda: self.store.approvals.list(
-                caller.tenant_id, status=status, response_id=response_id, after=after, limit=limit
+                caller.tenant_id,
+                status=status,
+                response_id=response_id,
+                after=after,
+                limit=limit,
+                seen_by=seen_by,
             )
         )
         return list_object([approval_object(r) for r in page.data], page.has_more)
 
-    async def get_approval(self, caller: Caller, approval_id: str) -> dict[str, Any]:
+    async def _visible(self, caller: Caller, approval_id: str) -> tuple[ApprovalRecord, Principal]:
+        """The approval, if the caller's run asked for it, names the caller, or the caller oversees
+        the tenant; else not found."""
         record = await asyncio.to_thread(self.store.approvals.get, caller.tenant_id, approval_id)
+        principal = await asyncio.to_thread(self.auth.principal, caller)
+        if not (
+            caller.viewer.oversight or may_decide(record, principal) or record.principal_id == principal.id
+        ):
+            raise NotFound(f"Approval with id '{approval_id}' not found.", param="approval_id")
+        return record, principal
+
+    async def get_approval(self, caller: Caller, approval_id: str) -> dict[str, Any]:
+        record, _ = await self._visible(caller, approval_id)
         return approval_object(record)
 
     async def decide_approval(
@@ -79,7 +98,7 @@ class ApprovalsAPI(RuntimeParts):
                 f"Invalid value for 'reason': expected a string of at most {MAX_REASON} characters.",
                 param="reason",
             )
-        principal = await asyncio.to_thread(self.auth.principal, caller)
+        _, principal = await self._visible(caller, approval_id)
         record, requeued = await asyncio.to_thread(
             lambda: self.store.approvals.decide(
                 caller.tenant_id,
@@ -88,6 +107,7 @@ class ApprovalsAPI(RuntimeParts):
                 decided_by=principal.name,
                 approve=approve,
                 reason=reason,
+                actor=caller.principal_id,
             )
         )
         if requeued and resume_here and self.workers is None:

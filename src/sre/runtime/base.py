@@ -3,6 +3,7 @@ arguments that every listing and every Python-API call makes. No behaviour of it
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -20,7 +21,9 @@ from sre.models.embeddings import EmbeddingRegistry
 from sre.runtime.settings import Settings
 from sre.store import Store
 from sre.tools.catalog import ToolCatalog
+from sre.types.audit import AuditEvent
 from sre.types.errors import InvalidRequest
+from sre.types.records import Caller
 from sre.types.requests import invalid_from_pydantic
 
 M = TypeVar("M", bound=BaseModel)
@@ -43,7 +46,7 @@ def _page_args(limit: int, order: str) -> None:
 
 
 class RuntimeParts:
-    """The state the facade's parts share; `Runtime.__init__` sets it."""
+    """The state the facade's parts share; `Runtime.__init__` sets it; and the audit of oversight."""
 
     store: Store
     models: ModelRegistry
@@ -58,3 +61,11 @@ class RuntimeParts:
     background: BackgroundRuns
     workers: WorkerPool | None
     warm_embeddings: bool
+
+    async def _oversee(
+        self, caller: Caller, owner: str | None, shared: bool, action: str, kind: str, resource_id: str
+    ) -> None:
+        """An admin or auditor reading someone else's private resource leaves an audit event first."""
+        if caller.viewer.overseeing(owner, shared=shared):
+            event = AuditEvent(action, kind, resource_id, actor=caller.principal_id, details={"owner": owner})
+            await asyncio.to_thread(self.store.audit.append, caller.tenant_id, [event])

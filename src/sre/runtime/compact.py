@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from sre.context import CompactionFailed
@@ -45,10 +46,14 @@ class CompactAPI(RuntimeParts):
         window = Window(items=[], tokens=0, truncated=False)
         if body.previous_response_id is not None:
             previous = await asyncio.to_thread(
-                self.store.responses.get,
-                caller.tenant_id,
-                body.previous_response_id,
-                param="previous_response_id",
+                partial(
+                    self.store.responses.get,
+                    caller.tenant_id,
+                    body.previous_response_id,
+                    param="previous_response_id",
+                    viewer=caller.viewer,
+                    write=True,
+                )
             )
             window = await asyncio.to_thread(
                 self.store.responses.context, caller.tenant_id, None, previous, MAX_HISTORY_TOKENS

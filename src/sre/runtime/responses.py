@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
 from sre.engine.shapes import item_list, stored_response_object
@@ -49,6 +50,8 @@ class ResponsesAPI(RuntimeParts):
         run = await asyncio.to_thread(self.store.runs.get, caller.tenant_id, request.previous_response_id)
         if run is None or run.status in TERMINAL:
             return None
+        if not caller.viewer.may(run.principal_id, write=True) and not await self._approver_of(caller, run):
+            raise NotFound(f"Response with id '{run.response_id}' not found.", param="previous_response_id")
         if run.status != REQUIRES_ACTION:
             raise Conflict(
                 f"Previous response '{run.response_id}' is still {run.status}; continue from it once it "
@@ -57,6 +60,22 @@ class ResponsesAPI(RuntimeParts):
                 code="previous_response_not_finished",
             )
         return run
+
+    async def _approver_of(self, caller: Caller, run: RunRecord) -> bool:
+        """Whether the caller is named as an approver of one of the paused run's open approvals (it
+        may answer them through the response, as the run's own principal may)."""
+        principal = await asyncio.to_thread(self.auth.principal, caller)
+        page = await asyncio.to_thread(
+            partial(
+                self.store.approvals.list,
+                caller.tenant_id,
+                status="pending",
+                response_id=run.response_id,
+                seen_by=(principal.id, principal.name),
+                limit=100,
+            )
+        )
+        return any(principal.name in a.approvers or principal.id in a.approvers for a in page.data)
 
     async def _resume(self, caller: Caller, run: RunRecord, request: CreateResponse) -> int | None:
         """Apply the answers; the sequence number to follow the resumed run after, or None if it is
@@ -91,8 +110,8 @@ class ResponsesAPI(RuntimeParts):
         paused = await self._paused_run(caller, body)
         if paused is not None:
             after = await self._resume(caller, paused, body)
-            if after is None or body.background:
-                response = await self.get_response(caller, paused.response_id)
+            if after is None or body.background:  # an approver who answered sees what it answered
+                response = await self._read_response(caller, paused.response_id, gate=False)
             else:
                 response = await _final(
                     self.background.watch(caller, paused.response_id, None, after=after, events=False)
@@ -144,10 +163,12 @@ class ResponsesAPI(RuntimeParts):
         self, caller: Caller, response_id: str, *, starting_after: int | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """A background response's events after `starting_after`, following it until it ends."""
+        await self._gate(caller, response_id)
         return await self.background.follow(caller, response_id, starting_after)
 
     async def cancel_response(self, caller: Caller, response_id: str) -> dict[str, Any]:
         """Cancel a queued or in-progress background response; `Conflict` once it has finished."""
+        await self._gate(caller, response_id, write=True)
         return await self.background.cancel(caller, response_id)
 
     async def count_input_tokens(
@@ -163,10 +184,14 @@ class ResponsesAPI(RuntimeParts):
     async def usage(
         self, caller: Caller, *, start: int | None = None, end: int | None = None
     ) -> dict[str, Any]:
-        """The caller's tenant's model usage by principal, model and day (UTC)."""
+        """The caller's model usage by model and day (UTC); an admin's or auditor's, the whole
+        tenant's by principal."""
         if start is not None and end is not None and end <= start:
             raise InvalidRequest("'end_time' must be after 'start_time'.", param="end_time")
-        rows = await asyncio.to_thread(self.store.responses.usage, caller.tenant_id, start=start, end=end)
+        mine = None if caller.viewer.oversight else caller.principal_id
+        rows = await asyncio.to_thread(
+            partial(self.store.responses.usage, caller.tenant_id, start=start, end=end, principal_id=mine)
+        )
         return {"object": "list", "data": [{"object": "usage.bucket", **dataclasses.asdict(r)} for r in rows]}
 
     async def get_response(
@@ -205,7 +230,21 @@ class ResponsesAPI(RuntimeParts):
         out.sort(key=lambda m: (m["step"], m["model_call_id"]))
         return out
 
-    async def _read_response(self, caller: Caller, response_id: str) -> dict[str, Any]:
+    async def _gate(self, caller: Caller, response_id: str, *, write: bool = False) -> None:
+        """A response another principal owns is not found by the caller (as another tenant's), but
+        for reading by an admin or auditor, which is audited; an unknown id is the route's to refuse."""
+        owner = await asyncio.to_thread(self.store.responses.owner, caller.tenant_id, response_id)
+        if owner is None:
+            return
+        if not caller.viewer.may(owner, write=write):
+            raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+        if not write:
+            await self._oversee(caller, owner, False, "response.read", "response", response_id)
+
+    async def _read_response(self, caller: Caller, response_id: str, *, gate: bool = True) -> dict[str, Any]:
+        if gate:
+            await self._gate(caller, response_id)
+
         def read() -> dict[str, Any]:
             try:
                 record = self.store.responses.get(caller.tenant_id, response_id)
@@ -221,7 +260,9 @@ class ResponsesAPI(RuntimeParts):
         return await asyncio.to_thread(read)
 
     async def delete_response(self, caller: Caller, response_id: str) -> dict[str, Any]:
-        await asyncio.to_thread(self.store.responses.delete, caller.tenant_id, response_id)
+        await asyncio.to_thread(
+            partial(self.store.responses.delete, caller.tenant_id, response_id, viewer=caller.viewer)
+        )
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     async def list_input_items(
@@ -234,6 +275,7 @@ class ResponsesAPI(RuntimeParts):
         order: str = "desc",
     ) -> dict[str, Any]:
         _page_args(limit, order)
+        await self._gate(caller, response_id)
         page = await asyncio.to_thread(
             self.store.responses.list_input_items,
             caller.tenant_id,

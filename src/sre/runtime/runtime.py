@@ -28,6 +28,7 @@ from sre.models.embeddings import EmbeddingModel, EmbeddingRegistry, local_embed
 from sre.models.local import LocalChatModel
 from sre.runtime.agents import AgentsAPI
 from sre.runtime.approvals import ApprovalsAPI
+from sre.runtime.audit import AuditAPI
 from sre.runtime.compact import CompactAPI
 from sre.runtime.conversations import ConversationsAPI
 from sre.runtime.models import ModelsAPI
@@ -69,7 +70,7 @@ def tool_catalog(config: Mapping[str, Any], registry: ToolRegistry | None = None
     return ToolCatalog(registry if registry is not None else default_registry, mcp)
 
 
-class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI):
+class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI, AuditAPI):
     """Open with `Runtime.open(...)`; close with `await runtime.aclose()`."""
 
     def __init__(
@@ -198,8 +199,12 @@ class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, 
         """Act within a tenant (the CLI): as `principal`, its `cli` service, or the local user."""
         return self.auth.tenant_caller(tenant, principal)
 
-    def create_key(self, tenant: str, principal: str, name: str = "default") -> tuple[ApiKey, str]:
-        return self.auth.create_key(tenant, principal, name)
+    def create_key(
+        self, tenant: str, principal: str, name: str = "default", role: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """A key for a principal of a tenant (both created if new; a new principal is a `member`
+        unless `role` names another role)."""
+        return self.auth.create_key(tenant, principal, name, role)
 
     def list_keys(self, tenant: str | None = None) -> list[tuple[ApiKey, str, str]]:
         return self.auth.list_keys(tenant)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sre.store.agents import AgentRepository
 from sre.store.approvals import ApprovalRepository, DecisionCheck
+from sre.store.audit import SYSTEM_TENANT, AuditRepository
 from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
 from sre.store.keys import KeyRepository, hash_key
@@ -19,7 +20,9 @@ from sre.store.responses import ResponseRepository, TurnCommit
 from sre.store.runs import LeaseLost, RunRepository
 
 __all__ = [
+    "SYSTEM_TENANT",
     "ApprovalRepository",
+    "AuditRepository",
     "Database",
     "DecisionCheck",
     "LeaseLost",
@@ -51,6 +54,7 @@ class Store:
         self.agents = AgentRepository(self.db)
         self.runs = RunRepository(self.db)
         self.approvals = ApprovalRepository(self.db)
+        self.audit = AuditRepository(self.db)
 
     @property
     def dialect(self) -> str:

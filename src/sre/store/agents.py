@@ -16,10 +16,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sre.store.audit import append_audit
 from sre.store.conversations import dumps, id_equals
 from sre.store.database import Database
 from sre.store.schema import agents
 from sre.types.agents import MAX_AGENT_VERSION as MAX_VERSION
+from sre.types.audit import AuditEvent
 from sre.types.errors import Conflict, NotFound
 from sre.types.records import AgentVersion, Page
 
@@ -48,6 +50,17 @@ def _of(tenant_id: str, name: str) -> sa.ColumnElement[bool]:
 def _name_order(conn: sa.Connection) -> sa.ColumnElement[str]:
     """Names in byte order on both stores (PostgreSQL's default collation would ignore `-` and `_`)."""
     return agents.c.name.collate("C") if conn.dialect.name == "postgresql" else agents.c.name
+
+
+def _agent_event(action: str, version: AgentVersion, actor: str | None) -> AuditEvent:
+    return AuditEvent(
+        action=action,
+        resource_type="agent",
+        resource_id=version.name,
+        actor=actor,
+        agent=version.name,
+        agent_version=version.version,
+    )
 
 
 class AgentRepository:
@@ -97,7 +110,9 @@ class AgentRepository:
         )
         return record
 
-    def create(self, tenant_id: str, name: str, definition: dict[str, Any]) -> AgentVersion:
+    def create(
+        self, tenant_id: str, name: str, definition: dict[str, Any], *, actor: str | None = None
+    ) -> AgentVersion:
         """Version 1 of a new name, or the next version of a deleted one; 409 if the name is live."""
         exists = Conflict(
             f"An agent named '{name}' already exists; update it with POST /v1/agents/{name}.",
@@ -110,11 +125,13 @@ class AgentRepository:
                 if latest is not None and latest.deleted_at is None:
                     raise exists
                 version = 1 if latest is None else latest.version + 1
-                return self._insert(conn, tenant_id, name, version, definition)
+                created = self._insert(conn, tenant_id, name, version, definition)
+                append_audit(conn, tenant_id, [_agent_event("agent.create", created, actor)])
+                return created
         except sa.exc.IntegrityError:  # another writer created the same name at the same moment
             raise exists from None
 
-    def update(self, tenant_id: str, name: str, revise: Revise) -> AgentVersion:
+    def update(self, tenant_id: str, name: str, revise: Revise, *, actor: str | None = None) -> AgentVersion:
         """Append the next version, computed by `revise` from the newest one while the name is locked
         (so two concurrent updates never build on the same version)."""
         try:
@@ -123,11 +140,13 @@ class AgentRepository:
                 if latest is None or latest.deleted_at is not None:
                     raise _missing(name)
                 current = _version_from_row(latest)
-                return self._insert(conn, tenant_id, name, current.version + 1, revise(current))
+                updated = self._insert(conn, tenant_id, name, current.version + 1, revise(current))
+                append_audit(conn, tenant_id, [_agent_event("agent.update", updated, actor)])
+                return updated
         except sa.exc.IntegrityError:  # pragma: no cover - the lock above makes this unreachable
             raise Conflict(f"Agent '{name}' was changed concurrently; try again.", param="name") from None
 
-    def delete(self, tenant_id: str, name: str) -> None:
+    def delete(self, tenant_id: str, name: str, *, actor: str | None = None) -> None:
         with self.db.write() as conn:
             latest = self._lock_latest(conn, tenant_id, name)
             if latest is None or latest.deleted_at is not None:
@@ -137,6 +156,15 @@ class AgentRepository:
                 .where(_of(tenant_id, name), agents.c.deleted_at.is_(None))
                 .values(deleted_at=int(time.time()))
             )
+            event = AuditEvent(
+                action="agent.delete",
+                resource_type="agent",
+                resource_id=name,
+                actor=actor,
+                agent=name,
+                agent_version=int(latest.version),
+            )
+            append_audit(conn, tenant_id, [event])
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sre.store.audit import append_audit
 from sre.store.conversations import id_equals
 from sre.store.database import Database
 from sre.store.runs import put_steps, requeue_if_ready
 from sre.store.schema import approvals, runs
+from sre.types.audit import AuditEvent
 from sre.types.errors import Conflict, NotFound
 from sre.types.records import ApprovalRecord, Page, StepRecord
 from sre.types.status import REQUIRES_ACTION
@@ -91,9 +93,20 @@ class ApprovalRepository:
         response_id: str | None = None,
         after: str | None = None,
         limit: int = 20,
+        seen_by: tuple[str, str] | None = None,
     ) -> Page:
-        """Oldest first; `after` is the id of the last approval of the previous page."""
+        """Oldest first; `after` is the id of the last approval of the previous page. With `seen_by`
+        (a principal's id and name), only the approvals of its own runs and those naming it."""
         query = sa.select(approvals).where(approvals.c.tenant_id == tenant_id)
+        if seen_by is not None:
+            principal_id, name = seen_by
+            query = query.where(
+                sa.or_(
+                    approvals.c.principal_id == principal_id,
+                    approvals.c.approvers.contains(json.dumps(principal_id), autoescape=True),
+                    approvals.c.approvers.contains(json.dumps(name), autoescape=True),
+                )
+            )
         with self.db.read() as conn:
             if status is not None:
                 query = query.where(approvals.c.status == status)
@@ -122,6 +135,7 @@ class ApprovalRepository:
         decisions: Sequence[tuple[str, bool, str | None]],
         check: DecisionCheck,
         decided_by: str,
+        actor: str | None = None,
     ) -> bool:
         """A client's answers to a paused run in one transaction: tool outputs (journal rows) and
         decisions `(approval id, approve, reason)`, all or nothing; return whether the run is queued
@@ -137,7 +151,7 @@ class ApprovalRepository:
                     f"Response '{response_id}' is not waiting for answers.", code="response_not_paused"
                 )
             for approval_id, approve, reason in decisions:
-                self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason)
+                self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason, actor)
             put_steps(conn, tenant_id, response_id, outputs)
             return requeue_if_ready(conn, tenant_id, response_id)
 
@@ -150,6 +164,7 @@ class ApprovalRepository:
         decided_by: str,
         approve: bool,
         reason: str | None,
+        actor: str | None,
     ) -> ApprovalRecord:
         row = conn.execute(
             sa.select(approvals)
@@ -173,6 +188,20 @@ class ApprovalRepository:
             .where(approvals.c.tenant_id == tenant_id, approvals.c.id == record.id)
             .values(status=status, reason=reason, decided_by=decided_by, decided_at=now)
         )
+        event = AuditEvent(
+            action="approval.decide",
+            resource_type="approval",
+            resource_id=record.id,
+            actor=actor,
+            details={
+                "decision": status,
+                "decided_by": decided_by,
+                "tool": record.tool,
+                "kind": record.kind,
+                "response_id": record.response_id,
+            },
+        )
+        append_audit(conn, tenant_id, [event])
         return dataclasses.replace(
             record, status=status, reason=reason, decided_by=decided_by, decided_at=now
         )
@@ -186,10 +215,11 @@ class ApprovalRepository:
         decided_by: str,
         approve: bool,
         reason: str | None,
+        actor: str | None = None,
     ) -> tuple[ApprovalRecord, bool]:
         """Approve or deny (as `decided_by`, once `check` allows it); return the decided approval and
         whether its run went back to the queue."""
         with self.db.write() as conn:
-            decided = self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason)
+            decided = self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason, actor)
             requeued = requeue_if_ready(conn, tenant_id, decided.response_id)
         return decided, requeued

@@ -16,12 +16,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sre.store.audit import append_audit
 from sre.store.database import Database
 from sre.store.schema import conversations, items
-from sre.types.errors import Conflict, InvalidRequest, NotFound
+from sre.types.audit import AuditEvent
+from sre.types.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from sre.types.ids import new_id
 from sre.types.items import ID_PREFIX, AnyItem, estimate_tokens, item_to_dict, read_compaction
-from sre.types.records import Conversation, Page, StoredItem, Window
+from sre.types.records import Conversation, Page, StoredItem, Viewer, Window
 
 _MAX_LINEAGE = 10_000
 _WINDOW_PAGE = 256
@@ -49,6 +51,8 @@ def conversation_from_row(row: sa.Row[Any]) -> Conversation:
         fork_seq=m["fork_seq"],
         last_seq=m["last_seq"],
         compactions=m["compactions"],
+        owner=m["owner"],
+        visibility=m["visibility"],
     )
 
 
@@ -79,6 +83,8 @@ def insert_conversation(
     hidden: bool = False,
     parent: Conversation | None = None,
     fork_seq: int | None = None,
+    owner: str | None = None,
+    visibility: str = "private",
 ) -> Conversation:
     conv = Conversation(
         tenant_id=tenant_id,
@@ -89,6 +95,8 @@ def insert_conversation(
         parent_id=None if parent is None else parent.id,
         fork_seq=fork_seq if parent is not None else None,
         last_seq=fork_seq if (parent is not None and fork_seq is not None) else 0,
+        owner=owner,
+        visibility=visibility,
     )
     conn.execute(
         conversations.insert(),
@@ -102,6 +110,8 @@ def insert_conversation(
             last_seq=conv.last_seq,
             created_at=conv.created_at,
             deleted_at=None,
+            owner=owner,
+            visibility=visibility,
         ),
     )
     return conv
@@ -124,16 +134,22 @@ def load_conversation(
     for_update: bool = False,
     hidden_ok: bool = True,
     param: str = "conversation_id",
+    viewer: Viewer | None = None,
+    write: bool = False,
 ) -> Conversation:
+    """The conversation, unless it is deleted, hidden (when not `hidden_ok`) or not the `viewer`'s
+    to read (or, with `write`, to change): then it is not found, as another tenant's would be."""
     query = _LOAD_FOR_UPDATE if for_update and conn.dialect.name == "postgresql" else _LOAD
     row = (
         None
         if "\x00" in conversation_id
         else conn.execute(query, {"t": tenant_id, "c": conversation_id}).first()
     )
-    if row is None or (not hidden_ok and row._mapping["hidden"]):
-        raise NotFound(f"Conversation with id '{conversation_id}' not found.", param=param)
-    return conversation_from_row(row)
+    if row is not None and (hidden_ok or not row._mapping["hidden"]):
+        conv = conversation_from_row(row)
+        if viewer is None or viewer.may(conv.owner, shared=conv.visibility == "tenant", write=write):
+            return conv
+    raise NotFound(f"Conversation with id '{conversation_id}' not found.", param=param)
 
 
 def append_rows(
@@ -404,33 +420,68 @@ class ConversationRepository:
         self.db = db
 
     def create(
-        self, tenant_id: str, *, metadata: dict[str, str] | None = None, initial: Sequence[AnyItem] = ()
+        self,
+        tenant_id: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        initial: Sequence[AnyItem] = (),
+        owner: str | None = None,
+        visibility: str = "private",
     ) -> tuple[Conversation, list[StoredItem]]:
         with self.db.write() as conn:
-            conv = insert_conversation(conn, tenant_id, metadata=metadata)
+            conv = insert_conversation(conn, tenant_id, metadata=metadata, owner=owner, visibility=visibility)
             stored = append_rows(conn, conv, initial)
         if stored:
             conv = dataclasses.replace(conv, last_seq=stored[-1].seq)
         return conv, stored
 
-    def get(self, tenant_id: str, conversation_id: str) -> Conversation:
+    def get(self, tenant_id: str, conversation_id: str, *, viewer: Viewer | None = None) -> Conversation:
         with self.db.read() as conn:
-            return load_conversation(conn, tenant_id, conversation_id, hidden_ok=False)
+            return load_conversation(conn, tenant_id, conversation_id, hidden_ok=False, viewer=viewer)
 
-    def update_metadata(self, tenant_id: str, conversation_id: str, metadata: dict[str, str]) -> Conversation:
+    def update(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        visibility: str | None = None,
+        viewer: Viewer | None = None,
+    ) -> Conversation:
+        """Replace the metadata and/or the visibility (only its owner shares or unshares it)."""
         with self.db.write() as conn:
-            conv = load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=False)
-            conn.execute(
-                conversations.update()
-                .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
-                .values(metadata=dumps(metadata))
+            conv = load_conversation(
+                conn, tenant_id, conversation_id, for_update=True, hidden_ok=False, viewer=viewer, write=True
             )
-        return dataclasses.replace(conv, metadata=metadata)
+            values: dict[str, Any] = {}
+            if metadata is not None:
+                values["metadata"] = dumps(metadata)
+            if visibility is not None and visibility != conv.visibility:
+                if viewer is not None and conv.owner not in (None, viewer.principal_id):
+                    raise PermissionDenied(
+                        f"Only the owner of conversation '{conversation_id}' may change its visibility.",
+                        param="visibility",
+                        code="not_the_owner",
+                    )
+                values["visibility"] = visibility
+            if values:
+                conn.execute(
+                    conversations.update()
+                    .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
+                    .values(**values)
+                )
+        return dataclasses.replace(
+            conv,
+            metadata=conv.metadata if metadata is None else metadata,
+            visibility=visibility or conv.visibility,
+        )
 
-    def delete(self, tenant_id: str, conversation_id: str) -> None:
+    def delete(self, tenant_id: str, conversation_id: str, *, viewer: Viewer | None = None) -> None:
         """Hide the conversation; drop its items unless a live fork still reads them."""
         with self.db.write() as conn:
-            load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=False)
+            load_conversation(
+                conn, tenant_id, conversation_id, for_update=True, hidden_ok=False, viewer=viewer, write=True
+            )
             conn.execute(
                 conversations.update()
                 .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
@@ -451,6 +502,14 @@ class ConversationRepository:
                         items.c.tenant_id == tenant_id, items.c.conversation_id == conversation_id
                     )
                 )
+            event = AuditEvent(
+                action="conversation.delete",
+                resource_type="conversation",
+                resource_id=conversation_id,
+                actor=None if viewer is None else viewer.principal_id,
+                details={"items_kept_for_forks": forks > 0},
+            )
+            append_audit(conn, tenant_id, [event])
 
     def fork(
         self,
@@ -460,10 +519,14 @@ class ConversationRepository:
         at_item_id: str | None = None,
         metadata: dict[str, str] | None = None,
         hidden: bool = False,
+        viewer: Viewer | None = None,
     ) -> Conversation:
-        """A new conversation that sees the parent's items up to `at_item_id` (default: all)."""
+        """A new conversation (the viewer's) that sees the parent's items up to `at_item_id` (default:
+        all); forking needs the right to change the parent (its owner's, or shared)."""
         with self.db.write() as conn:
-            parent = load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=hidden)
+            parent = load_conversation(
+                conn, tenant_id, conversation_id, for_update=True, hidden_ok=hidden, viewer=viewer, write=True
+            )
             fork_seq = parent.last_seq
             if at_item_id is not None:
                 found = find_item(conn, tenant_id, lineage(conn, parent), at_item_id)
@@ -471,12 +534,27 @@ class ConversationRepository:
                     raise NotFound(f"Item with id '{at_item_id}' not found.", param="item_id")
                 fork_seq = found.seq
             return insert_conversation(
-                conn, tenant_id, metadata=metadata, hidden=hidden, parent=parent, fork_seq=fork_seq
+                conn,
+                tenant_id,
+                metadata=metadata,
+                hidden=hidden,
+                parent=parent,
+                fork_seq=fork_seq,
+                owner=parent.owner if viewer is None else viewer.principal_id,
             )
 
-    def append(self, tenant_id: str, conversation_id: str, new_items: Sequence[AnyItem]) -> list[StoredItem]:
+    def append(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        new_items: Sequence[AnyItem],
+        *,
+        viewer: Viewer | None = None,
+    ) -> list[StoredItem]:
         with self.db.write() as conn:
-            conv = load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=False)
+            conv = load_conversation(
+                conn, tenant_id, conversation_id, for_update=True, hidden_ok=False, viewer=viewer, write=True
+            )
             return append_rows(conn, conv, new_items)
 
     def list_items(
@@ -487,9 +565,10 @@ class ConversationRepository:
         after: str | None = None,
         limit: int = 20,
         order: str = "desc",
+        viewer: Viewer | None = None,
     ) -> Page:
         with self.db.read() as conn:
-            conv = load_conversation(conn, tenant_id, conversation_id, hidden_ok=False)
+            conv = load_conversation(conn, tenant_id, conversation_id, hidden_ok=False, viewer=viewer)
             segments = lineage(conn, conv)
             bound = None
             if after is not None:
@@ -498,19 +577,25 @@ class ConversationRepository:
                     raise InvalidRequest(f"No item with id '{after}' in this conversation.", param="after")
                 bound = found.seq
             rows = scan(conn, tenant_id, segments, descending=order == "desc", limit=limit + 1, bound=bound)
-        return Page(data=rows[:limit], has_more=len(rows) > limit)
+        return Page(data=rows[:limit], has_more=len(rows) > limit, extra={"conversation": conv})
 
-    def get_item(self, tenant_id: str, conversation_id: str, item_id: str) -> StoredItem:
+    def get_item(
+        self, tenant_id: str, conversation_id: str, item_id: str, *, viewer: Viewer | None = None
+    ) -> StoredItem:
         with self.db.read() as conn:
-            conv = load_conversation(conn, tenant_id, conversation_id, hidden_ok=False)
+            conv = load_conversation(conn, tenant_id, conversation_id, hidden_ok=False, viewer=viewer)
             found = find_item(conn, tenant_id, lineage(conn, conv), item_id)
         if found is None:
             raise NotFound(f"Item with id '{item_id}' not found.", param="item_id")
         return found
 
-    def delete_item(self, tenant_id: str, conversation_id: str, item_id: str) -> Conversation:
+    def delete_item(
+        self, tenant_id: str, conversation_id: str, item_id: str, *, viewer: Viewer | None = None
+    ) -> Conversation:
         with self.db.write() as conn:
-            conv = load_conversation(conn, tenant_id, conversation_id, for_update=True, hidden_ok=False)
+            conv = load_conversation(
+                conn, tenant_id, conversation_id, for_update=True, hidden_ok=False, viewer=viewer, write=True
+            )
             found = find_item(conn, tenant_id, lineage(conn, conv), item_id)
             if found is None:
                 raise NotFound(f"Item with id '{item_id}' not found.", param="item_id")
@@ -526,6 +611,14 @@ class ConversationRepository:
                     items.c.seq == found.seq,
                 )
             )
+            event = AuditEvent(
+                action="conversation.item.delete",
+                resource_type="item",
+                resource_id=found.id,
+                actor=None if viewer is None else viewer.principal_id,
+                details={"conversation_id": conv.id, "type": found.type},
+            )
+            append_audit(conn, tenant_id, [event])
         return conv
 
     def window(self, tenant_id: str, conversation_id: str, budget: int, upto: int | None = None) -> Window:

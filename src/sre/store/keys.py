@@ -10,17 +10,21 @@ import dataclasses
 import hashlib
 import secrets
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
+from sre.store.audit import SYSTEM_TENANT, append_audit
 from sre.store.database import Database
 from sre.store.schema import api_keys, principals, tenants
+from sre.types.audit import AuditEvent
 from sre.types.errors import InvalidRequest, NotFound
 from sre.types.ids import new_id
 from sre.types.records import ApiKey, Caller, Principal
 
 KEY_PREFIX = "sre-"
 PRINCIPAL_KINDS = ("user", "service", "agent")
+ROLES = ("admin", "developer", "member", "auditor")
 
 
 def hash_key(secret: str) -> str:
@@ -47,6 +51,33 @@ def _key(row: sa.Row[tuple[object, ...]]) -> ApiKey:
     )
 
 
+_BY_HASH = (
+    sa.select(
+        api_keys.c.tenant_id, api_keys.c.id, api_keys.c.principal_id, api_keys.c.revoked_at, principals.c.role
+    )
+    .join(
+        principals,
+        sa.and_(principals.c.tenant_id == api_keys.c.tenant_id, principals.c.id == api_keys.c.principal_id),
+    )
+    .where(api_keys.c.key_hash == sa.bindparam("h"))
+)
+
+
+def _principal(row: sa.Row[Any]) -> Principal:
+    m = row._mapping
+    return Principal(tenant_id=m["tenant_id"], id=m["id"], name=m["name"], kind=m["kind"], role=m["role"])
+
+
+def _key_event(action: str, key: ApiKey, actor: str | None) -> AuditEvent:
+    return AuditEvent(
+        action=action,
+        resource_type="api_key",
+        resource_id=key.id,
+        actor=actor,
+        details={"principal_id": key.principal_id, "name": key.name, "prefix": key.prefix},
+    )
+
+
 class KeyRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -67,24 +98,65 @@ class KeyRepository:
             found = conn.execute(sa.select(tenants.c.id).where(tenants.c.name == name)).scalar()
         return None if found is None else str(found)
 
-    def ensure_principal(self, tenant_id: str, name: str, kind: str = "user") -> Principal:
+    def ensure_principal(
+        self, tenant_id: str, name: str, kind: str = "user", role: str = "member"
+    ) -> Principal:
+        """The principal called `name`, created with `kind` and `role` if new (an existing one keeps
+        its own)."""
         name = _check_name(name, "principal")
         if kind not in PRINCIPAL_KINDS:
             raise InvalidRequest(f"principal kind must be one of {', '.join(PRINCIPAL_KINDS)}", param="kind")
+        if role not in ROLES:
+            raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
         with self.db.write() as conn:
             row = conn.execute(
                 sa.select(principals).where(principals.c.tenant_id == tenant_id, principals.c.name == name)
             ).first()
             if row is not None:
-                m = row._mapping
-                return Principal(tenant_id=tenant_id, id=m["id"], name=m["name"], kind=m["kind"])
-            principal = Principal(tenant_id=tenant_id, id=new_id("prn"), name=name, kind=kind)
+                return _principal(row)
+            principal = Principal(tenant_id=tenant_id, id=new_id("prn"), name=name, kind=kind, role=role)
             conn.execute(
                 principals.insert().values(
-                    tenant_id=tenant_id, id=principal.id, name=name, kind=kind, created_at=int(time.time())
+                    tenant_id=tenant_id,
+                    id=principal.id,
+                    name=name,
+                    kind=kind,
+                    role=role,
+                    created_at=int(time.time()),
                 )
             )
             return principal
+
+    def set_role(
+        self, tenant_id: str, principal_id: str, role: str, *, actor: str | None = None
+    ) -> Principal:
+        if role not in ROLES:
+            raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+        with self.db.write() as conn:
+            row = conn.execute(
+                sa.select(principals)
+                .where(principals.c.tenant_id == tenant_id, principals.c.id == principal_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(f"No principal with id '{principal_id}'.")
+            before = _principal(row)
+            if before.role == role:
+                return before
+            conn.execute(
+                principals.update()
+                .where(principals.c.tenant_id == tenant_id, principals.c.id == principal_id)
+                .values(role=role)
+            )
+            event = AuditEvent(
+                action="principal.update",
+                resource_type="principal",
+                resource_id=principal_id,
+                actor=actor,
+                details={"role": role, "was": before.role},
+            )
+            append_audit(conn, tenant_id, [event])
+        return dataclasses.replace(before, role=role)
 
     def get_principal(self, tenant_id: str, principal_id: str) -> Principal:
         with self.db.read() as conn:
@@ -95,10 +167,11 @@ class KeyRepository:
             ).first()
         if row is None:
             raise NotFound(f"No principal with id '{principal_id}'.")
-        m = row._mapping
-        return Principal(tenant_id=tenant_id, id=m["id"], name=m["name"], kind=m["kind"])
+        return _principal(row)
 
-    def create_key(self, tenant_id: str, principal_id: str, name: str = "default") -> tuple[ApiKey, str]:
+    def create_key(
+        self, tenant_id: str, principal_id: str, name: str = "default", *, actor: str | None = None
+    ) -> tuple[ApiKey, str]:
         """Create a key; return its record and the secret, which is never retrievable again."""
         name = _check_name(name, "name")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -124,19 +197,30 @@ class KeyRepository:
                     revoked_at=None,
                 )
             )
+            append_audit(conn, tenant_id, [_key_event("key.create", key, actor)])
         return key, secret
 
     def authenticate(self, secret: str) -> Caller | None:
-        """The caller a live key belongs to, or None for an unknown or revoked key."""
+        """The caller a live key belongs to, or None for an unknown or revoked key (a refusal is
+        audited: in the key's tenant for a revoked key, in the system chain for an unknown one)."""
         with self.db.read() as conn:
-            row = conn.execute(
-                sa.select(api_keys.c.tenant_id, api_keys.c.id, api_keys.c.principal_id).where(
-                    api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None)
-                )
-            ).first()
-        if row is None:
-            return None
-        return Caller(tenant_id=row.tenant_id, principal_id=row.principal_id, key_id=row.id)
+            row = conn.execute(_BY_HASH, {"h": hash_key(secret)}).first()
+        if row is not None and row.revoked_at is None:
+            return Caller(
+                tenant_id=row.tenant_id, principal_id=row.principal_id, key_id=row.id, role=row.role
+            )
+        tenant_id = SYSTEM_TENANT if row is None else row.tenant_id
+        event = AuditEvent(
+            action="auth.failure",
+            resource_type="api_key",
+            resource_id=None if row is None else row.id,
+            actor=None if row is None else row.principal_id,
+            outcome="denied",
+            details={"reason": "unknown_key" if row is None else "revoked"},
+        )
+        with self.db.write() as conn:
+            append_audit(conn, tenant_id, [event])
+        return None
 
     def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
         query = sa.select(api_keys).order_by(api_keys.c.tenant_id, api_keys.c.id)
@@ -145,7 +229,7 @@ class KeyRepository:
         with self.db.read() as conn:
             return [_key(row) for row in conn.execute(query)]
 
-    def revoke_key(self, key_id: str) -> ApiKey:
+    def revoke_key(self, key_id: str, *, actor: str | None = None) -> ApiKey:
         with self.db.write() as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
             if row is None:
@@ -159,6 +243,7 @@ class KeyRepository:
                     .values(revoked_at=now)
                 )
                 key = dataclasses.replace(key, revoked_at=now)
+                append_audit(conn, key.tenant_id, [_key_event("key.revoke", key, actor)])
             return key
 
     def tenant_names(self) -> dict[str, str]:

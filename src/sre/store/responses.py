@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sre.store.audit import append_audit
 from sre.store.conversations import (
     append_rows,
     dumps,
@@ -27,9 +28,10 @@ from sre.store.conversations import (
     read_window,
 )
 from sre.store.database import Database
-from sre.store.model_calls import insert_model_call
+from sre.store.model_calls import insert_model_calls
 from sre.store.runs import active_run, finish_run
 from sre.store.schema import approvals, items, model_calls, responses, run_events, run_steps, runs
+from sre.types.audit import AuditEvent
 from sre.types.errors import InvalidRequest, NotFound
 from sre.types.items import AnyItem
 from sre.types.records import (
@@ -40,6 +42,7 @@ from sre.types.records import (
     ResponseRecord,
     StoredItem,
     UsageRow,
+    Viewer,
     Window,
 )
 
@@ -87,16 +90,40 @@ class ResponseRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def get(self, tenant_id: str, response_id: str, *, param: str = "response_id") -> ResponseRecord:
+    def get(
+        self,
+        tenant_id: str,
+        response_id: str,
+        *,
+        param: str = "response_id",
+        viewer: Viewer | None = None,
+        write: bool = False,
+    ) -> ResponseRecord:
+        """The response, unless it is not the `viewer`'s to read (or, with `write`, to continue):
+        then it is not found, as another tenant's would be."""
         with self.db.read() as conn:
             row = conn.execute(
                 sa.select(responses).where(
                     responses.c.tenant_id == tenant_id, id_equals(responses.c.id, response_id)
                 )
             ).first()
-        if row is None:
+        if row is None or (viewer is not None and not viewer.may(row.principal_id, write=write)):
             raise NotFound(f"Response with id '{response_id}' not found.", param=param)
         return response_from_row(row)
+
+    def owner(self, tenant_id: str, response_id: str) -> str | None:
+        """The principal a response (or a durable run without a response yet) belongs to; None when
+        there is neither."""
+        with self.db.read() as conn:
+            for table, column in ((responses, responses.c.id), (runs, runs.c.response_id)):
+                found = conn.execute(
+                    sa.select(table.c.principal_id).where(
+                        table.c.tenant_id == tenant_id, id_equals(column, response_id)
+                    )
+                ).scalar()
+                if found is not None:
+                    return str(found)
+        return None
 
     def context(
         self,
@@ -106,13 +133,21 @@ class ResponseRepository:
         budget: int,
         *,
         busy: bool = False,
+        viewer: Viewer | None = None,
     ) -> Window:
-        """The window a new turn starts from: a conversation's newest items, or a chain's at its head;
-        with `busy`, a conversation's active run too (in the same read)."""
+        """The window a new turn starts from: a conversation's newest items (a conversation the
+        `viewer` may add to), or a chain's at its head; with `busy`, a conversation's active run too
+        (in the same read)."""
         with self.db.read() as conn:
             if conversation_id is not None:
                 conv = load_conversation(
-                    conn, tenant_id, conversation_id, hidden_ok=False, param="conversation"
+                    conn,
+                    tenant_id,
+                    conversation_id,
+                    hidden_ok=False,
+                    param="conversation",
+                    viewer=viewer,
+                    write=True,
                 )
                 window = read_window(conn, conv, budget)
                 if busy:
@@ -132,8 +167,7 @@ class ResponseRepository:
         with self.db.write() as conn:
             if turn.run is not None:
                 finish_run(conn, turn.run[0], turn.status, turn.run[1], responded=True)
-            for call in turn.model_calls:
-                insert_model_call(conn, call)
+            insert_model_calls(conn, turn.tenant_id, turn.model_calls)
             if not turn.store and turn.conversation_id is None:
                 return None, [], []
             conv = self._target(conn, turn)
@@ -208,13 +242,20 @@ class ResponseRepository:
             )
         previous = turn.previous
         if previous is None:
-            return insert_conversation(conn, turn.tenant_id, hidden=True)
+            return insert_conversation(conn, turn.tenant_id, hidden=True, owner=turn.principal_id)
         base = load_conversation(conn, turn.tenant_id, previous.conversation_id, for_update=True)
         if base.hidden and base.last_seq == previous.head_seq:
             return base
         if not turn.keep_items:
             return base
-        return insert_conversation(conn, turn.tenant_id, hidden=True, parent=base, fork_seq=previous.head_seq)
+        return insert_conversation(
+            conn,
+            turn.tenant_id,
+            hidden=True,
+            parent=base,
+            fork_seq=previous.head_seq,
+            owner=turn.principal_id,
+        )
 
     def output_items(self, record: ResponseRecord) -> list[StoredItem]:
         with self.db.read() as conn:
@@ -265,10 +306,20 @@ class ResponseRepository:
             rows = [item_from_row(row) for row in conn.execute(query)]
         return Page(data=rows[:limit], has_more=len(rows) > limit)
 
-    def delete(self, tenant_id: str, response_id: str) -> None:
+    def delete(self, tenant_id: str, response_id: str, *, viewer: Viewer | None = None) -> None:
         """Delete the response and, for a durable one, its run, events, journal and approvals (a
-        worker still running it can then no longer commit it)."""
+        worker still running it can then no longer commit it); only its owner may."""
         with self.db.write() as conn:
+            for table, column in ((responses, responses.c.id), (runs, runs.c.response_id)):
+                owner = conn.execute(
+                    sa.select(table.c.principal_id).where(
+                        table.c.tenant_id == tenant_id, id_equals(column, response_id)
+                    )
+                ).scalar()
+                if owner is not None:
+                    break
+            if viewer is not None and owner is not None and not viewer.may(owner, write=True):
+                raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
             deleted = conn.execute(
                 responses.delete().where(
                     responses.c.tenant_id == tenant_id, id_equals(responses.c.id, response_id)
@@ -283,13 +334,20 @@ class ResponseRepository:
                         table.c.tenant_id == tenant_id, id_equals(table.c.response_id, response_id)
                     )
                 )
-        if not deleted:
-            raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+            if not deleted:
+                raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+            event = AuditEvent(
+                action="response.delete",
+                resource_type="response",
+                resource_id=response_id,
+                actor=None if viewer is None else viewer.principal_id,
+            )
+            append_audit(conn, tenant_id, [event])
 
     def record_model_call(self, call: ModelCallRecord) -> None:
         """A model call outside a turn (embeddings, for instance)."""
         with self.db.write() as conn:
-            insert_model_call(conn, call)
+            insert_model_calls(conn, call.tenant_id, [call])
 
     def model_calls(self, tenant_id: str, response_id: str) -> list[ModelCallRecord]:
         with self.db.read() as conn:
@@ -320,8 +378,16 @@ class ResponseRepository:
                 for r in rows
             ]
 
-    def usage(self, tenant_id: str, *, start: int | None = None, end: int | None = None) -> list[UsageRow]:
-        """Model calls of a tenant between `start` and `end` (epoch seconds), by principal, model, day."""
+    def usage(
+        self,
+        tenant_id: str,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        principal_id: str | None = None,
+    ) -> list[UsageRow]:
+        """Model calls of a tenant (of one principal) between `start` and `end` (epoch seconds), by
+        principal, model, day."""
         day = (model_calls.c.created_at // 86400).label("day")
         query = (
             sa.select(
@@ -339,6 +405,8 @@ class ResponseRepository:
             .group_by(model_calls.c.principal_id, model_calls.c.model, day)
             .order_by(day, model_calls.c.principal_id, model_calls.c.model)
         )
+        if principal_id is not None:
+            query = query.where(model_calls.c.principal_id == principal_id)
         if start is not None:
             query = query.where(model_calls.c.created_at >= start)
         if end is not None:

@@ -25,8 +25,9 @@ from sqlalchemy.dialects import sqlite as sa_sqlite
 
 from sre.store.conversations import dumps, id_equals
 from sre.store.database import Database
-from sre.store.model_calls import insert_model_call
+from sre.store.model_calls import insert_model_calls
 from sre.store.schema import approvals, conversations, run_events, run_steps, runs
+from sre.types.audit import AuditEvent
 from sre.types.errors import Conflict, NotFound
 from sre.types.records import ApprovalRecord, Lease, ModelCallRecord, RunRecord, StepRecord
 from sre.types.status import ACTIVE, CANCELLED, IN_PROGRESS, QUEUED, REQUIRES_ACTION, TERMINAL
@@ -560,9 +561,11 @@ class RunRepository:
         *,
         model_calls: Sequence[ModelCallRecord] = (),
         cursor: int | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> bool:
-        """One transaction: journal rows, the step's events, its model call records and the run's
-        cursor (the committed step count and last event), renewing the lease; return whether to cancel."""
+        """One transaction: journal rows, the step's events, its model call records, its audit events
+        and the run's cursor (the committed step count and last event), renewing the lease; return
+        whether to cancel."""
         values: dict[str, Any] = {}
         if events:
             values["committed_sequence"] = events[-1]["sequence_number"]
@@ -571,8 +574,7 @@ class RunRepository:
         with self.db.write() as conn:
             cancel = self._renew(conn, lease, lease_seconds, **values)
             put_steps(conn, lease.tenant_id, lease.response_id, steps)
-            for call in model_calls:
-                insert_model_call(conn, call)
+            insert_model_calls(conn, lease.tenant_id, model_calls, audit)
             if events:
                 conn.execute(
                     run_events.insert(),

@@ -29,6 +29,8 @@ principals = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # 0007: what the principal may do (principals made before 0007 keep every right: admin)
+    sa.Column("role", sa.String(16), nullable=False, server_default="admin"),
     sa.UniqueConstraint("tenant_id", "name", name="uq_principals_name"),
 )
 
@@ -59,6 +61,10 @@ conversations = sa.Table(
     sa.Column("deleted_at", sa.BigInteger, nullable=True),
     # 0006: how many compaction items its own segment holds (a window looks for one only if some has)
     sa.Column("compactions", sa.Integer, nullable=False, server_default="0"),
+    # 0007: the principal it belongs to (NULL: made before ownership, the tenant's), and who else
+    # of the tenant may use it: "private" (its owner; admins and auditors read it, audited) or "tenant"
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("visibility", sa.String(16), nullable=False, server_default="private"),
 )
 sa.Index("ix_conversations_parent", conversations.c.tenant_id, conversations.c.parent_id)
 sa.Index(
@@ -239,4 +245,44 @@ ALL_TABLES = (
     run_events,
     run_steps,
     approvals,
+)
+
+# 0007: the audit trail. Each tenant's events form one hash chain (`seq` 1, 2, ...; each row's
+# `prev_hash` is the hash of the one before); `audit_heads` holds each chain's last position, the
+# row a writer locks to extend it (and what a truncated chain is checked against).
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("resource_type", sa.String(64), nullable=False),
+    sa.Column("resource_id", sa.String(200), nullable=True),
+    sa.Column("actor", sa.String(64), nullable=True),
+    sa.Column("on_behalf_of", sa.String(64), nullable=True),
+    sa.Column("agent", sa.String(200), nullable=True),
+    sa.Column("agent_version", sa.Integer, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+sa.Index("ix_audit_action", audit_events.c.tenant_id, audit_events.c.action, audit_events.c.seq)
+sa.Index(
+    "ix_audit_resource",
+    audit_events.c.tenant_id,
+    audit_events.c.resource_type,
+    audit_events.c.resource_id,
+    audit_events.c.seq,
+)
+
+audit_heads = sa.Table(
+    "audit_heads",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
 )

@@ -18,6 +18,7 @@ class Principal:
     id: str
     name: str
     kind: str  # "user", "service" or "agent"
+    role: str = "member"  # "admin", "developer", "member" or "auditor" (sre.governance.roles)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,27 @@ class ApiKey:
     revoked_at: int | None
 
 
+OVERSIGHT_ROLES = ("admin", "auditor")  # read every principal's resources of their tenant (audited)
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Whose resources a store call may touch: its principal's own, the tenant's shared ones and
+    those that belong to no one; with `oversight`, every one of the tenant's for reading."""
+
+    principal_id: str
+    oversight: bool = False
+
+    def may(self, owner: str | None, *, shared: bool = False, write: bool = False) -> bool:
+        if owner is None or owner == self.principal_id or shared:
+            return True
+        return self.oversight and not write
+
+    def overseeing(self, owner: str | None, *, shared: bool = False) -> bool:
+        """Whether reading this is oversight (someone else's private resource): it is audited."""
+        return owner is not None and owner != self.principal_id and not shared
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who is asking: resolved once per request from the API key (or the local no-auth mode)."""
@@ -38,6 +60,11 @@ class Caller:
     tenant_id: str
     principal_id: str
     key_id: str | None = None
+    role: str = "member"
+
+    @property
+    def viewer(self) -> Viewer:
+        return Viewer(self.principal_id, oversight=self.role in OVERSIGHT_ROLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +78,8 @@ class Conversation:
     fork_seq: int | None  # the parent's last item seen by this fork
     last_seq: int
     compactions: int = 0  # compaction items among its own (not its parent's) items
+    owner: str | None = None  # the principal it belongs to (None: made before ownership existed)
+    visibility: str = "private"  # "private" (its owner's) or "tenant" (every principal of the tenant)
 
 
 class StoredItem:
@@ -154,6 +183,8 @@ class ModelCallRecord:
     cached_tokens: int = 0
     tokens_exact: bool = False  # counted by the model's tokenizer or reported by the upstream
     cost_usd: float | None = None  # None: the model's prices are unknown
+    agent: str | None = None  # the agent it ran for (audited, not stored with the record)
+    agent_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

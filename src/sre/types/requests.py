@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sre.types.errors import InvalidRequest
 from sre.types.items import validate_metadata
@@ -169,18 +169,29 @@ class CreateConversation(_WithMetadata):
     """`POST /v1/conversations`."""
 
     items: Annotated[list[Any], Field(max_length=20)] | None = None
+    # SRE's: "private" (the creator's; admins and auditors read it, audited) or "tenant" (shared)
+    visibility: Literal["private", "tenant"] = "private"
 
 
 class UpdateConversation(BaseModel):
-    """`POST /v1/conversations/{id}`."""
+    """`POST /v1/conversations/{id}`: the metadata (as OpenAI's), and SRE's visibility."""
 
     model_config = _STRICT
-    metadata: Metadata
+    metadata: Metadata | None = None
+    visibility: Literal["private", "tenant"] | None = None
 
     @field_validator("metadata", mode="before")
     @classmethod
     def _metadata(cls, value: object) -> object:
-        return validate_metadata(value)
+        return None if value is None else validate_metadata(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateConversation:
+        if self.metadata is None and self.visibility is None:  # OpenAI's requires the metadata
+            raise InvalidRequest(
+                "Missing required parameter: 'metadata'.", param="metadata", code="missing_required_parameter"
+            )
+        return self
 
 
 class CreateItems(BaseModel):

@@ -1,0 +1,294 @@
+"""Isolation: every route of the API, probed with keys that must not reach Alice's resources.
+
+The probes are generated from the application's route table: a route that is not described in
+`ROUTES` below fails `test_every_route_is_probed`, so a new route cannot ship unprobed. Alice (a
+member of tenant A) owns a conversation with items, a stored response, a background response paused
+on an approval, and an agent. Each route is called, with its path filled with Alice's ids and a body
+that would be valid for her, by:
+
+  * Bob, another member of tenant A: Alice's conversations, responses and approvals are not found
+    (404, as another tenant's would be), listings do not show them;
+  * Carol, an admin of tenant B: everything of tenant A is not found (404, never 403);
+  * a revoked key of tenant A, and a key that does not exist: 401 on every route.
+
+Whatever the status, no response body carries one of Alice's ids that the probe did not send itself,
+and afterwards all of Alice's resources are as they were. On both stores.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from sre import Runtime
+from sre.api import create_app
+from sre.models import ModelRequest
+from sre.testing import FunctionModel, ScriptedToolCall
+from sre.tools import ToolRegistry
+from sre.types.items import FunctionCallOutput
+
+# How each route is probed: (method, path) -> (kind, body). `kind` says whose the route's resource is:
+#   "private": Alice's own (conversations, responses, approvals): others get 404;
+#   "tenant": shared within tenant A (agents): Bob may use it, Carol gets 404;
+#   "own": the caller's own collection or a new resource of the caller (lists, creates): any status,
+#          but no body shows Alice's ids;
+#   "public": no tenant data at all (health).
+# Bodies use {conv}, {resp}, {bg}, {item}, {apr}, {agent}: Alice's ids.
+ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
+    ("GET", "/healthz"): ("public", None),
+    ("GET", "/readyz"): ("public", None),
+    ("GET", "/v1/models"): ("own", None),
+    ("POST", "/v1/responses"): ("private", {"model": "m", "input": "hi", "conversation": "{conv}"}),
+    ("POST", "/v1/responses/compact"): ("private", {"model": "m", "previous_response_id": "{resp}"}),
+    ("POST", "/v1/responses/input_tokens"): (
+        "private",
+        {"model": "m", "input": "x", "conversation": "{conv}"},
+    ),
+    ("POST", "/v1/embeddings"): ("own", {"input": "hello"}),
+    ("GET", "/v1/usage"): ("own", None),
+    ("GET", "/v1/responses/{response_id}"): ("private", None),
+    ("POST", "/v1/responses/{response_id}/cancel"): ("private", None),
+    ("DELETE", "/v1/responses/{response_id}"): ("private", None),
+    ("GET", "/v1/responses/{response_id}/input_items"): ("private", None),
+    ("POST", "/v1/conversations"): ("own", {"items": [{"role": "user", "content": "mine"}]}),
+    ("GET", "/v1/conversations/{conversation_id}"): ("private", None),
+    ("POST", "/v1/conversations/{conversation_id}"): ("private", {"metadata": {"k": "v"}}),
+    ("DELETE", "/v1/conversations/{conversation_id}"): ("private", None),
+    ("POST", "/v1/conversations/{conversation_id}/fork"): ("private", {}),
+    ("POST", "/v1/conversations/{conversation_id}/items"): (
+        "private",
+        {"items": [{"role": "user", "content": "injected"}]},
+    ),
+    ("GET", "/v1/conversations/{conversation_id}/items"): ("private", None),
+    ("GET", "/v1/conversations/{conversation_id}/items/{item_id}"): ("private", None),
+    ("DELETE", "/v1/conversations/{conversation_id}/items/{item_id}"): ("private", None),
+    ("POST", "/v1/agents"): ("own", {"name": "probe-{nonce}", "model": "m"}),
+    ("GET", "/v1/agents"): ("own", None),
+    ("GET", "/v1/agents/{name}"): ("tenant", None),
+    ("POST", "/v1/agents/{name}"): ("tenant", {"instructions": "changed"}),
+    ("DELETE", "/v1/agents/{name}"): ("tenant", None),
+    ("GET", "/v1/agents/{name}/versions"): ("tenant", None),
+    ("GET", "/v1/approvals"): ("own", None),
+    ("GET", "/v1/audit"): ("own", None),
+    ("GET", "/v1/approvals/{approval_id}"): ("private", None),
+    ("POST", "/v1/approvals/{approval_id}/approve"): ("private", {}),
+    ("POST", "/v1/approvals/{approval_id}/deny"): ("private", {}),
+}
+# Extra probes of routes whose query changes what they do.
+VARIANTS: list[tuple[str, str, dict[str, str]]] = [
+    ("GET", "/v1/responses/{response_id}", {"stream": "true"}),  # a background run's event stream
+    ("GET", "/v1/responses/{response_id}", {"include[]": "context_manifest"}),
+    ("GET", "/v1/approvals", {"response_id": "{bg}"}),
+    ("GET", "/v1/audit", {"resource_id": "{conv}"}),
+]
+
+
+def _reply(request: ModelRequest) -> Any:
+    if isinstance(request.items[-1], FunctionCallOutput):
+        return "paid"
+    if request.tools:
+        return ScriptedToolCall("pay", {"amount": 5})
+    return "ok"
+
+
+@dataclass
+class World:
+    runtime: Runtime
+    app: Any
+    keys: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def client(self, who: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://sre",
+            headers={"Authorization": f"Bearer {self.keys[who]}"},
+            timeout=30,
+        )
+
+
+@pytest.fixture
+async def world(store_url: str) -> AsyncIterator[World]:
+    registry = ToolRegistry()
+
+    @registry.tool(risk="high", idempotent=False)
+    def pay(amount: int) -> str:
+        """Pay."""
+        return f"paid {amount}"
+
+    runtime = Runtime.open(
+        database_url=store_url, models=[FunctionModel(_reply, name="m")], env={}, tools=registry
+    )
+    tag = uuid.uuid4().hex[:10]
+    w = World(runtime, create_app(runtime))
+    w.keys["alice"] = runtime.create_key(f"iso-a-{tag}", "alice")[1]
+    w.keys["bob"] = runtime.create_key(f"iso-a-{tag}", "bob")[1]
+    w.keys["carol"] = runtime.create_key(f"iso-b-{tag}", "carol", role="admin")[1]
+    revoked, w.keys["revoked"] = runtime.create_key(f"iso-a-{tag}", "alice", "old")
+    runtime.revoke_key(revoked.id)
+    w.keys["unknown"] = "sre-" + uuid.uuid4().hex
+    async with w.client("alice") as alice:
+        conv = (await alice.post("/v1/conversations", json={})).json()["id"]
+        resp = (
+            await alice.post(
+                "/v1/responses", json={"model": "m", "input": "secret plan", "conversation": conv}
+            )
+        ).json()
+        agent = {"name": f"guarded-{tag}", "model": "m", "tools": [{"type": "server", "name": "pay"}],
+                 "approval": {"tools_requiring_approval": ["pay"]}}  # fmt: skip
+        assert (await alice.post("/v1/agents", json=agent)).status_code == 200
+        bg = (
+            await alice.post("/v1/responses", json={"model": f"agent:{agent['name']}", "input": "pay"})
+        ).json()
+        assert bg["status"] == "requires_action", bg
+        items = (await alice.get(f"/v1/conversations/{conv}/items")).json()["data"]
+        w.ids = {
+            "conv": conv,
+            "resp": resp["id"],
+            "bg": bg["id"],
+            "apr": bg["required_action"]["approval_ids"][0],
+            "item": items[0]["id"],
+            "agent": agent["name"],
+            "alice": (await runtime.authenticate(w.keys["alice"])).principal_id,
+        }
+    yield w
+    await runtime.aclose()
+
+
+def _fill(value: Any, ids: dict[str, str], nonce: str) -> Any:
+    if isinstance(value, str):
+        for name, found in {**ids, "nonce": nonce}.items():
+            value = value.replace("{" + name + "}", found)
+        return value
+    if isinstance(value, dict):
+        return {k: _fill(v, ids, nonce) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, ids, nonce) for v in value]
+    return value
+
+
+def _path(path: str, ids: dict[str, str]) -> str:
+    return (
+        path.replace("{response_id}", ids["resp"] if "cancel" not in path else ids["bg"])
+        .replace("{conversation_id}", ids["conv"])
+        .replace("{item_id}", ids["item"])
+        .replace("{approval_id}", ids["apr"])
+        .replace("{name}", ids["agent"])
+    )
+
+
+async def _state(world: World) -> dict[str, Any]:
+    async with world.client("alice") as alice:
+        conv = await alice.get(f"/v1/conversations/{world.ids['conv']}/items", params={"limit": 100})
+        resp = await alice.get(f"/v1/responses/{world.ids['resp']}")
+        bg = await alice.get(f"/v1/responses/{world.ids['bg']}")
+        apr = await alice.get(f"/v1/approvals/{world.ids['apr']}")
+        agent = await alice.get(f"/v1/agents/{world.ids['agent']}/versions")
+    return {
+        "items": [i["id"] for i in conv.json()["data"]],
+        "meta": (await _conv(world)).get("metadata"),
+        "resp": resp.json()["status"],
+        "bg": bg.json()["status"],
+        "apr": apr.json()["status"],
+        "agent": agent.status_code,
+    }
+
+
+async def _conv(world: World) -> dict[str, Any]:
+    async with world.client("alice") as alice:
+        return (await alice.get(f"/v1/conversations/{world.ids['conv']}")).json()  # type: ignore[no-any-return]
+
+
+def _routes(world: World) -> set[tuple[str, str]]:
+    found = set()
+    for route in world.app.routes:
+        if isinstance(route, APIRoute):
+            for method in route.methods:
+                if method != "HEAD":
+                    found.add((method, route.path))
+    return found
+
+
+async def test_every_route_is_probed(world: World) -> None:
+    missing = _routes(world) - set(ROUTES)
+    assert not missing, f"describe these routes in tests/test_isolation.py ROUTES: {sorted(missing)}"
+    assert not set(ROUTES) - _routes(world), "ROUTES names routes that no longer exist"
+
+
+@pytest.mark.parametrize("who", ["bob", "carol", "revoked", "unknown"])
+async def test_no_route_leaks_alices_resources(world: World, who: str) -> None:
+    before = await _state(world)
+    private = {k: v for k, v in world.ids.items() if k != "agent"}
+    probes = [(m, p, None) for (m, p) in ROUTES] + VARIANTS
+    # Destructive probes go last, so every other probe still finds Alice's resources in place.
+    probes.sort(key=lambda probe: probe[0] == "DELETE")
+    async with world.client(who) as client:
+        for method, path, query in probes:
+            kind, body = ROUTES[(method, path)]
+            url = _path(path, world.ids)
+            sent_body = _fill(body, world.ids, uuid.uuid4().hex[:8])
+            params = _fill(query, world.ids, "") if query else None
+            response = await client.request(method, url, json=sent_body, params=params)
+            where = f"{who}: {method} {url} {params or ''} -> {response.status_code} {response.text[:300]}"
+            sent = url + json.dumps(sent_body) + json.dumps(params)
+            for name, value in private.items():
+                if value not in sent:
+                    assert value not in response.text, f"{where}: shows Alice's {name}"
+            if kind == "public":
+                assert response.status_code == 200, where
+            elif who in ("revoked", "unknown"):
+                assert response.status_code == 401, where
+                assert response.json()["error"]["type"] == "authentication_error", where
+            elif kind == "private" or (kind == "tenant" and who == "carol"):
+                assert response.status_code == 404, where
+                assert set(response.json()["error"]) == {"message", "type", "param", "code"}, where
+    after = await _state(world)
+    if who == "bob":  # a member of the tenant may change its shared agents (roles come later)
+        before.pop("agent"), after.pop("agent")
+    assert after == before
+
+
+async def test_shared_conversations_and_oversight(world: World) -> None:
+    """A conversation its owner shares is the tenant's to use; an admin reads private ones, each read
+    audited; only the owner changes the visibility."""
+    conv = world.ids["conv"]
+    runtime = world.runtime
+    tenant = (await runtime.authenticate(world.keys["alice"])).tenant_id
+    admin_key = runtime.create_key(runtime.store.keys.tenant_names()[tenant], "root", "k", "admin")[1]
+    world.keys["root"] = admin_key
+    async with world.client("root") as root:
+        assert (await root.get(f"/v1/conversations/{conv}")).status_code == 200
+        assert (await root.get(f"/v1/responses/{world.ids['resp']}")).status_code == 200
+        # Reading is oversight; continuing or deleting someone else's is not.
+        answer = await root.post("/v1/responses", json={"model": "m", "input": "x", "conversation": conv})
+        assert answer.status_code == 404
+        assert (await root.delete(f"/v1/conversations/{conv}")).status_code == 404
+        reads = (await root.get("/v1/audit", params={"action": "conversation.read"})).json()["data"]
+        assert [r["resource"]["id"] for r in reads] == [conv] and reads[0]["details"]["owner"] == world.ids[
+            "alice"
+        ]
+        assert (await root.get("/v1/audit", params={"action": "response.read"})).json()["data"]
+    async with world.client("bob") as bob:
+        assert (await bob.get(f"/v1/conversations/{conv}")).status_code == 404
+        refused = await bob.post(f"/v1/conversations/{conv}", json={"visibility": "tenant"})
+        assert refused.status_code == 404
+    async with world.client("alice") as alice:
+        shared = await alice.post(f"/v1/conversations/{conv}", json={"visibility": "tenant"})
+        assert shared.status_code == 200 and shared.json()["visibility"] == "tenant"
+    async with world.client("bob") as bob:
+        assert (await bob.get(f"/v1/conversations/{conv}")).status_code == 200
+        turn = await bob.post("/v1/responses", json={"model": "m", "input": "bob here", "conversation": conv})
+        assert turn.status_code == 200, turn.text
+        back = await bob.post(f"/v1/conversations/{conv}", json={"visibility": "private"})
+        assert back.status_code == 403 and back.json()["error"]["code"] == "not_the_owner"
+        # Bob's turn is Bob's: Alice's stored response in it stays hers.
+        assert (await bob.get(f"/v1/responses/{world.ids['resp']}")).status_code == 404
+    async with world.client("carol") as carol:  # sharing is within the tenant only
+        assert (await carol.get(f"/v1/conversations/{conv}")).status_code == 404
