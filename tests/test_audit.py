@@ -148,9 +148,20 @@ async def test_refused_keys_are_audited(tenant: Tenant, store_url: str) -> None:
         assert (await c.get("/v1/models")).status_code == 401
     async with tenant.client("sre-not-a-key-" + uuid.uuid4().hex) as c:
         assert (await c.get("/v1/models")).status_code == 401
-    page = tenant.runtime.store.audit.list(tenant.tenant_id, filters={"action": "auth.failure"})
-    [failure] = page.data
-    assert failure.resource_id == key.id and json.loads(failure.details) == {"reason": "revoked"}
+    short, brief = tenant.runtime.create_key(tenant.name, "bob", "brief", expires_in=1)
+    async with tenant.client(brief) as c:
+        assert (await c.get("/v1/models")).status_code == 200
+        with tenant.runtime.store.db.write() as conn:  # its second passes
+            conn.exec_driver_sql(f"UPDATE api_keys SET expires_at = expires_at - 5 WHERE id = '{short.id}'")
+        assert (await c.get("/v1/models")).status_code == 401
+    page = tenant.runtime.store.audit.list(tenant.tenant_id, filters={"action": "auth.failure"}, order="asc")
+    revoked_failure, expired_failure = page.data
+    assert revoked_failure.resource_id == key.id and json.loads(revoked_failure.details) == {
+        "reason": "revoked"
+    }
+    assert expired_failure.resource_id == short.id and json.loads(expired_failure.details) == {
+        "reason": "expired"
+    }
     revoked = tenant.runtime.store.audit.list(tenant.tenant_id, filters={"action": "key.revoke"})
     assert [r.resource_id for r in revoked.data] == [key.id]
     unknown = tenant.runtime.store.audit.list("_system", filters={"action": "auth.failure"}, limit=1)

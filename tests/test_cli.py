@@ -64,6 +64,31 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert "no tenant" in one_line_error(sre("keys", "list", "--tenant", "nobody", "--data-dir", data))
     assert "key_nope" in one_line_error(sre("keys", "revoke", "key_nope", "--data-dir", data))
     assert "--tenant" in sre("keys", "create", "--principal", "x", "--data-dir", data).stderr
+    # Roles and lifetimes.
+    audited = sre(
+        "keys", "create", "--tenant", "acme", "--principal", "eve", "--role", "auditor",
+        "--expires-in", "30d", "--data-dir", data,
+    )  # fmt: skip
+    assert audited.returncode == 0 and "(auditor)" in audited.stderr, audited.stderr
+    for bad in ("30", "0d", "-1h", "1y", "d"):
+        error = one_line_error(
+            sre(
+                "keys",
+                "create",
+                "--tenant",
+                "acme",
+                "--principal",
+                "eve",
+                "--expires-in",
+                bad,
+                "--data-dir",
+                data,
+            )
+        )
+        assert "--expires-in" in error, (bad, error)
+    assert "role must be one of" in one_line_error(
+        sre("keys", "create", "--tenant", "acme", "--principal", "zed", "--role", "king", "--data-dir", data)
+    )
 
 
 def test_conversations_fork_and_agents(tmp_path: Path) -> None:

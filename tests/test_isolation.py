@@ -9,7 +9,7 @@ that would be valid for her, by:
   * Bob, another member of tenant A: Alice's conversations, responses and approvals are not found
     (404, as another tenant's would be), listings do not show them;
   * Carol, an admin of tenant B: everything of tenant A is not found (404, never 403);
-  * a revoked key of tenant A, and a key that does not exist: 401 on every route.
+  * a revoked key of Alice's, an expired one, and a key that does not exist: 401 on every route.
 
 Whatever the status, no response body carries one of Alice's ids that the probe did not send itself,
 and afterwards all of Alice's resources are as they were. On both stores.
@@ -18,6 +18,7 @@ and afterwards all of Alice's resources are as they were. On both stores.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -133,6 +134,12 @@ async def world(store_url: str) -> AsyncIterator[World]:
     w.keys["carol"] = runtime.create_key(f"iso-b-{tag}", "carol", role="admin")[1]
     revoked, w.keys["revoked"] = runtime.create_key(f"iso-a-{tag}", "alice", "old")
     runtime.revoke_key(revoked.id)
+    tenant_a = runtime.store.keys.find_tenant(f"iso-a-{tag}")
+    assert tenant_a is not None
+    alice_id = runtime.store.keys.ensure_principal(tenant_a, "alice").id
+    w.keys["expired"] = runtime.store.keys.create_key(
+        tenant_a, alice_id, "gone", expires_at=int(time.time()) - 1
+    )[1]
     w.keys["unknown"] = "sre-" + uuid.uuid4().hex
     async with w.client("alice") as alice:
         conv = (await alice.post("/v1/conversations", json={})).json()["id"]
@@ -222,7 +229,7 @@ async def test_every_route_is_probed(world: World) -> None:
     assert not set(ROUTES) - _routes(world), "ROUTES names routes that no longer exist"
 
 
-@pytest.mark.parametrize("who", ["bob", "carol", "revoked", "unknown"])
+@pytest.mark.parametrize("who", ["bob", "carol", "revoked", "expired", "unknown"])
 async def test_no_route_leaks_alices_resources(world: World, who: str) -> None:
     before = await _state(world)
     private = {k: v for k, v in world.ids.items() if k != "agent"}
@@ -243,7 +250,7 @@ async def test_no_route_leaks_alices_resources(world: World, who: str) -> None:
                     assert value not in response.text, f"{where}: shows Alice's {name}"
             if kind == "public":
                 assert response.status_code == 200, where
-            elif who in ("revoked", "unknown"):
+            elif who in ("revoked", "expired", "unknown"):
                 assert response.status_code == 401, where
                 assert response.json()["error"]["type"] == "authentication_error", where
             elif kind == "private" or (kind == "tenant" and who == "carol"):

@@ -88,6 +88,15 @@ def _caller(runtime: Runtime, tenant: str | None, principal: str | None = None) 
     return runtime.tenant_caller(tenant, principal)
 
 
+def _duration(text: str, option: str) -> int:
+    """Seconds of `90s`, `90m`, `12h` or `30d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise CLIError(f"{option} takes a positive number with s, m, h or d (for example 30d), not {text!r}")
+    return int(number) * units[unit]
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -224,13 +233,18 @@ def keys_create(
             help="The principal's role: admin, developer, member or auditor (a new principal: member).",
         ),
     ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option("--expires-in", help="Refuse the key after this long: 90m, 12h, 30d (default: never)."),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a key for a principal of a tenant and print it once."""
+    lifetime = None if expires_in is None else _duration(expires_in, "--expires-in")
     runtime = _open(data_dir, database_url, None)
     try:
-        key, secret = runtime.create_key(tenant, principal, name, role)
+        key, secret = runtime.create_key(tenant, principal, name, role, lifetime)
         caller = runtime.tenant_caller(tenant, principal)
         found = runtime.auth.principal(caller)
     finally:
@@ -257,7 +271,13 @@ def keys_list(
     print(f"{'ID':<37} {'TENANT':<16} {'PRINCIPAL':<16} {'NAME':<12} {'PREFIX':<13} {'CREATED':<20} STATUS")
     for key, tenant_name, principal_name in rows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.created_at))
-        status = "revoked" if key.revoked_at else "active"
+        status = (
+            "revoked"
+            if key.revoked_at
+            else "expired"
+            if key.expires_at is not None and key.expires_at <= time.time()
+            else "active"
+        )
         print(
             f"{key.id:<37} {tenant_name:<16} {principal_name:<16} {key.name:<12} {key.prefix:<13} "
             f"{created:<20} {status}"

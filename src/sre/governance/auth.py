@@ -7,11 +7,14 @@ key is refused by every process at once.
 
 from __future__ import annotations
 
+import time
+
 from sre.store import Store
 from sre.types.errors import InvalidRequest, Unauthenticated
 from sre.types.records import ApiKey, Caller, Principal
 
 LOCAL_TENANT = "default"
+MAX_KEY_LIFETIME = 10 * 366 * 86400  # ten years
 LOCAL_PRINCIPAL = "local"
 CLI_PRINCIPAL = "cli"
 
@@ -62,15 +65,26 @@ class Authenticator:
         return self.store.keys.get_principal(caller.tenant_id, caller.principal_id)
 
     def create_key(
-        self, tenant: str, principal: str, name: str = "default", role: str | None = None
+        self,
+        tenant: str,
+        principal: str,
+        name: str = "default",
+        role: str | None = None,
+        expires_in: int | None = None,
     ) -> tuple[ApiKey, str]:
         """A key for `principal` (created if new, as a `member` unless `role` says otherwise; an
-        existing one gets `role` when it is given)."""
+        existing one gets `role` when it is given), refused `expires_in` seconds from now if given."""
+        if expires_in is not None and not 0 < expires_in <= MAX_KEY_LIFETIME:
+            raise InvalidRequest(
+                f"a key's lifetime must be between 1 second and {MAX_KEY_LIFETIME // 86400} days",
+                param="expires_in",
+            )
         tenant_id = self.store.keys.ensure_tenant(tenant)
         found = self.store.keys.ensure_principal(tenant_id, principal, role=role or "member")
         if role is not None and found.role != role:
             found = self.store.keys.set_role(tenant_id, found.id, role)
-        return self.store.keys.create_key(tenant_id, found.id, name)
+        expires_at = None if expires_in is None else int(time.time()) + expires_in
+        return self.store.keys.create_key(tenant_id, found.id, name, expires_at=expires_at)
 
     def bootstrap_local_key(self) -> str | None:
         """On the first start of an embedded store, create and return a key for the local user."""

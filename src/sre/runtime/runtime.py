@@ -200,11 +200,16 @@ class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, 
         return self.auth.tenant_caller(tenant, principal)
 
     def create_key(
-        self, tenant: str, principal: str, name: str = "default", role: str | None = None
+        self,
+        tenant: str,
+        principal: str,
+        name: str = "default",
+        role: str | None = None,
+        expires_in: int | None = None,
     ) -> tuple[ApiKey, str]:
         """A key for a principal of a tenant (both created if new; a new principal is a `member`
-        unless `role` names another role)."""
-        return self.auth.create_key(tenant, principal, name, role)
+        unless `role` names another role), expiring `expires_in` seconds from now if given."""
+        return self.auth.create_key(tenant, principal, name, role, expires_in)
 
     def list_keys(self, tenant: str | None = None) -> list[tuple[ApiKey, str, str]]:
         return self.auth.list_keys(tenant)

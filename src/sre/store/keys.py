@@ -48,12 +48,18 @@ def _key(row: sa.Row[tuple[object, ...]]) -> ApiKey:
         prefix=m["prefix"],
         created_at=m["created_at"],
         revoked_at=m["revoked_at"],
+        expires_at=m["expires_at"],
     )
 
 
 _BY_HASH = (
     sa.select(
-        api_keys.c.tenant_id, api_keys.c.id, api_keys.c.principal_id, api_keys.c.revoked_at, principals.c.role
+        api_keys.c.tenant_id,
+        api_keys.c.id,
+        api_keys.c.principal_id,
+        api_keys.c.revoked_at,
+        api_keys.c.expires_at,
+        principals.c.role,
     )
     .join(
         principals,
@@ -170,9 +176,16 @@ class KeyRepository:
         return _principal(row)
 
     def create_key(
-        self, tenant_id: str, principal_id: str, name: str = "default", *, actor: str | None = None
+        self,
+        tenant_id: str,
+        principal_id: str,
+        name: str = "default",
+        *,
+        actor: str | None = None,
+        expires_at: int | None = None,
     ) -> tuple[ApiKey, str]:
-        """Create a key; return its record and the secret, which is never retrievable again."""
+        """Create a key (refused from `expires_at` on, when given); return its record and the secret,
+        which is never retrievable again."""
         name = _check_name(name, "name")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
@@ -183,6 +196,7 @@ class KeyRepository:
             prefix=secret[:12],
             created_at=int(time.time()),
             revoked_at=None,
+            expires_at=expires_at,
         )
         with self.db.write() as conn:
             conn.execute(
@@ -195,6 +209,7 @@ class KeyRepository:
                     key_hash=hash_key(secret),
                     created_at=key.created_at,
                     revoked_at=None,
+                    expires_at=expires_at,
                 )
             )
             append_audit(conn, tenant_id, [_key_event("key.create", key, actor)])
@@ -205,7 +220,8 @@ class KeyRepository:
         audited: in the key's tenant for a revoked key, in the system chain for an unknown one)."""
         with self.db.read() as conn:
             row = conn.execute(_BY_HASH, {"h": hash_key(secret)}).first()
-        if row is not None and row.revoked_at is None:
+        expired = row is not None and row.expires_at is not None and row.expires_at <= time.time()
+        if row is not None and row.revoked_at is None and not expired:
             return Caller(
                 tenant_id=row.tenant_id, principal_id=row.principal_id, key_id=row.id, role=row.role
             )
@@ -216,7 +232,13 @@ class KeyRepository:
             resource_id=None if row is None else row.id,
             actor=None if row is None else row.principal_id,
             outcome="denied",
-            details={"reason": "unknown_key" if row is None else "revoked"},
+            details={
+                "reason": "unknown_key"
+                if row is None
+                else "revoked"
+                if row.revoked_at is not None
+                else "expired"
+            },
         )
         with self.db.write() as conn:
             append_audit(conn, tenant_id, [event])

@@ -45,6 +45,7 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("revoked_at", sa.BigInteger, nullable=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=True),  # 0008: refused from then on (None: never)
 )
 
 conversations = sa.Table(

@@ -30,6 +30,7 @@ class ApiKey:
     prefix: str  # the first characters of the secret, to recognise a key in lists
     created_at: int
     revoked_at: int | None
+    expires_at: int | None = None  # refused from this time on (None: never)
 
 
 OVERSIGHT_ROLES = ("admin", "auditor")  # read every principal's resources of their tenant (audited)

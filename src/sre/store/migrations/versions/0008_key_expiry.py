@@ -1,0 +1,25 @@
+"""API keys can expire.
+
+Revision ID: 0008
+Revises: 0007
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("api_keys") as batch:
+        batch.add_column(sa.Column("expires_at", sa.BigInteger, nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("api_keys") as batch:
+        batch.drop_column("expires_at")
