@@ -108,7 +108,10 @@ async def test_what_happens_is_recorded_and_deleted_content_is_not(tenant: Tenan
         first = items[0]["id"]
         assert (await c.delete(f"/v1/conversations/{conv}/items/{first}")).status_code == 200
         assert (await c.delete(f"/v1/responses/{r1['id']}")).status_code == 200
-        assert (await c.delete(f"/v1/conversations/{conv}")).status_code == 200
+        deleted = await c.delete(f"/v1/conversations/{conv}")
+        assert deleted.status_code == 200
+        request_id = deleted.headers["x-request-id"]
+        assert request_id.startswith("req_")
         assert (await c.delete("/v1/agents/weather")).status_code == 200
 
         events = await _events(c, order="asc")
@@ -126,6 +129,13 @@ async def test_what_happens_is_recorded_and_deleted_content_is_not(tenant: Tenan
         me = (await c.get("/v1/audit", params={"action": "conversation.delete"})).json()["data"][0]
         assert me["resource"] == {"type": "conversation", "id": conv}
         assert me["actor"] == (await tenant.runtime.authenticate(admin)).principal_id
+        assert me["request_id"] == request_id  # the request that did it, as its response said
+        by_request = (await c.get("/v1/audit", params={"request_id": r2.headers["x-request-id"]})).json()
+        assert [e["action"] for e in by_request["data"]] == [
+            "model.call",
+            "tool.call",
+            "model.call",
+        ]  # newest first
         assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
         # Filters, and the newest-first default.
         denied = await _events(c, outcome="denied")

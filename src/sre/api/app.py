@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sre.api import errors
 from sre.api.limits import BodyLimit
+from sre.api.request_ids import RequestIds
 from sre.runtime import Runtime
 from sre.types.agents import MAX_AGENT_VERSION, AgentDefinition, UpdateAgent
 from sre.types.errors import SREError
@@ -108,6 +109,7 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(RequestIds)  # outermost: even a refused body has its id
 
     async def caller(request: Request) -> Caller:
         if not auth:

@@ -23,6 +23,7 @@ from sre.store.database import Database
 from sre.store.schema import audit_events, audit_heads
 from sre.types.audit import (
     GENESIS,
+    REQUEST_ID,
     AuditEvent,
     AuditRecord,
     VerifyProblem,
@@ -96,11 +97,13 @@ def append_audit(conn: sa.Connection, tenant_id: str, events: Sequence[AuditEven
         return []
     seq, prev = _head(conn, tenant_id)
     now = int(time.time() * 1000)
+    current_request = REQUEST_ID.get()
     records: list[AuditRecord] = []
     for event in events:
         seq += 1
         event_id = new_id("aud")
         details = details_json(event.details)
+        request_id = event.request_id if event.request_id is not None else current_request
         digest = chain_hash(
             prev,
             tenant_id,
@@ -115,7 +118,7 @@ def append_audit(conn: sa.Connection, tenant_id: str, events: Sequence[AuditEven
             event.agent,
             event.agent_version,
             event.outcome,
-            event.request_id,
+            request_id,
             details,
         )
         records.append(
@@ -132,7 +135,7 @@ def append_audit(conn: sa.Connection, tenant_id: str, events: Sequence[AuditEven
                 agent=event.agent,
                 agent_version=event.agent_version,
                 outcome=event.outcome,
-                request_id=event.request_id,
+                request_id=request_id,
                 details=details,
                 prev_hash=prev,
                 hash=digest,

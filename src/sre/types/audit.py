@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +19,10 @@ Outcome = Literal["success", "denied", "failure", "error"]
 OUTCOMES: tuple[str, ...] = ("success", "denied", "failure", "error")
 
 GENESIS = "0" * 64  # the "previous hash" of a tenant's first event
+
+# The id of the API request being served (set by the API's middleware): an event recorded on its
+# behalf, in its task or its worker threads, carries it unless the event names its own.
+REQUEST_ID: ContextVar[str | None] = ContextVar("sre_request_id", default=None)
 
 # The actions SRE records (`GET /v1/audit?action=` filters by them; docs/governance.md lists them).
 ACTIONS: dict[str, str] = {
