@@ -286,12 +286,12 @@ class AuditRepository:
                 add(expected, "missing", f"{gone} missing (removed)")
                 prev = prev_hash  # go on from here, to find later problems too
             fields = (created, action, rtype, rid, actor, obo, agent, version, outcome, req, details)
-
-            def verifies(position: int) -> bool:
-                return bool(chain_hash(prev_hash, t, position, event_id, *fields) == digest)  # noqa: B023
-
             recorded_at = seq
-            if not verifies(seq):
+            if chain_hash(prev_hash, t, seq, event_id, *fields) != digest:  # the rare path
+
+                def verifies(position: int) -> bool:
+                    return bool(chain_hash(prev_hash, t, position, event_id, *fields) == digest)  # noqa: B023
+
                 found = origin.get(prev_hash)
                 if found is not None and verifies(found + 1):
                     recorded_at = found + 1

@@ -106,10 +106,6 @@ def details_json(details: dict[str, Any]) -> str:
     return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def _field(value: object) -> str:
-    return "\x00" if value is None else str(value)  # None and "" hash differently
-
-
 def chain_hash(
     prev_hash: str,
     tenant_id: str,
@@ -127,25 +123,15 @@ def chain_hash(
     request_id: str | None,
     details: str,
 ) -> str:
-    """SHA-256 over the previous event's hash and every field of this one, in a fixed order."""
-    text = "\x1e".join(
-        (
-            prev_hash,
-            tenant_id,
-            str(seq),
-            event_id,
-            str(created_ms),
-            action,
-            resource_type,
-            _field(resource_id),
-            _field(actor),
-            _field(on_behalf_of),
-            _field(agent),
-            _field(agent_version),
-            outcome,
-            _field(request_id),
-            details,
-        )
+    """SHA-256 over the previous event's hash and every field of this one, in a fixed order, joined
+    by U+001E; a missing value is U+0000 (so None and "" differ)."""
+    n = "\x00"
+    text = (
+        f"{prev_hash}\x1e{tenant_id}\x1e{seq}\x1e{event_id}\x1e{created_ms}\x1e{action}\x1e"
+        f"{resource_type}\x1e{n if resource_id is None else resource_id}\x1e"
+        f"{n if actor is None else actor}\x1e{n if on_behalf_of is None else on_behalf_of}\x1e"
+        f"{n if agent is None else agent}\x1e{n if agent_version is None else agent_version}\x1e"
+        f"{outcome}\x1e{n if request_id is None else request_id}\x1e{details}"
     )
     return hashlib.sha256(text.encode()).hexdigest()
 
