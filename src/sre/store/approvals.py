@@ -150,10 +150,14 @@ class ApprovalRepository:
                 raise Conflict(
                     f"Response '{response_id}' is not waiting for answers.", code="response_not_paused"
                 )
-            for approval_id, approve, reason in decisions:
-                self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason, actor)
+            events = [
+                self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason, actor)[1]
+                for approval_id, approve, reason in decisions
+            ]
             put_steps(conn, tenant_id, response_id, outputs)
-            return requeue_if_ready(conn, tenant_id, response_id)
+            requeued = requeue_if_ready(conn, tenant_id, response_id)
+            append_audit(conn, tenant_id, events)  # the chain's head is locked last, as everywhere
+            return requeued
 
     def _decide(
         self,
@@ -165,7 +169,7 @@ class ApprovalRepository:
         approve: bool,
         reason: str | None,
         actor: str | None,
-    ) -> ApprovalRecord:
+    ) -> tuple[ApprovalRecord, AuditEvent]:
         row = conn.execute(
             sa.select(approvals)
             .where(approvals.c.tenant_id == tenant_id, id_equals(approvals.c.id, approval_id))
@@ -201,10 +205,10 @@ class ApprovalRepository:
                 "response_id": record.response_id,
             },
         )
-        append_audit(conn, tenant_id, [event])
-        return dataclasses.replace(
+        decided = dataclasses.replace(
             record, status=status, reason=reason, decided_by=decided_by, decided_at=now
         )
+        return decided, event
 
     def decide(
         self,
@@ -220,6 +224,9 @@ class ApprovalRepository:
         """Approve or deny (as `decided_by`, once `check` allows it); return the decided approval and
         whether its run went back to the queue."""
         with self.db.write() as conn:
-            decided = self._decide(conn, tenant_id, approval_id, check, decided_by, approve, reason, actor)
+            decided, event = self._decide(
+                conn, tenant_id, approval_id, check, decided_by, approve, reason, actor
+            )
             requeued = requeue_if_ready(conn, tenant_id, decided.response_id)
+            append_audit(conn, tenant_id, [event])  # the chain's head is locked last, as everywhere
         return decided, requeued

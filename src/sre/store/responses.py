@@ -167,10 +167,13 @@ class ResponseRepository:
         with self.db.write() as conn:
             if turn.run is not None:
                 finish_run(conn, turn.run[0], turn.status, turn.run[1], responded=True)
-            insert_model_calls(conn, turn.tenant_id, turn.model_calls)
             if not turn.store and turn.conversation_id is None:
+                insert_model_calls(conn, turn.tenant_id, turn.model_calls)
                 return None, [], []
+            # Rows are locked in one order everywhere (run, conversation, then the audit chain's
+            # head), so that two transactions never wait on each other's locks.
             conv = self._target(conn, turn)
+            insert_model_calls(conn, turn.tenant_id, turn.model_calls)
             stored_in: list[StoredItem] = []
             stored_out: list[StoredItem] = []
             if turn.keep_items:
