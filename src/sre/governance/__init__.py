@@ -8,7 +8,7 @@ and writes through the store; it knows nothing of HTTP, models or the engine.
 """
 
 from sre.governance.auth import Authenticator
-from sre.governance.roles import AUDIT_READERS, ROLES, check_audit_reader
+from sre.governance.roles import AUDIT_READERS, RIGHTS, check_audit_reader
 from sre.governance.rules import approval_check
 
-__all__ = ["AUDIT_READERS", "ROLES", "Authenticator", "approval_check", "check_audit_reader"]
+__all__ = ["AUDIT_READERS", "RIGHTS", "Authenticator", "approval_check", "check_audit_reader"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sre.types.errors import PermissionDenied
 from sre.types.records import OVERSIGHT_ROLES, Principal
 
-ROLES: dict[str, str] = {
+RIGHTS: dict[str, str] = {  # one line per role of `sre.types.records.ROLES`
     "admin": "everything within the tenant, the audit trail included",
     "developer": "agents, conversations and responses (not the audit trail)",
     "member": "agents, conversations and responses (not the audit trail)",

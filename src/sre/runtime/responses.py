@@ -12,6 +12,7 @@ from typing import Any
 from sre.engine.shapes import item_list, stored_response_object
 from sre.engine.turn import PreparedTurn
 from sre.governance import approval_check
+from sre.governance.rules import may_decide
 from sre.runtime.base import RuntimeParts, _coerce, _page_args
 from sre.types.context import ContextManifest
 from sre.types.errors import Conflict, InvalidRequest, ModelError, NotFound
@@ -75,7 +76,7 @@ class ResponsesAPI(RuntimeParts):
                 limit=100,
             )
         )
-        return any(principal.name in a.approvers or principal.id in a.approvers for a in page.data)
+        return any(a.approvers and may_decide(a, principal) for a in page.data)
 
     async def _resume(self, caller: Caller, run: RunRecord, request: CreateResponse) -> int | None:
         """Apply the answers; the sequence number to follow the resumed run after, or None if it is

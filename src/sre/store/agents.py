@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from sre.store.audit import append_audit
-from sre.store.conversations import dumps, id_equals
-from sre.store.database import Database
+from sre.store.conversations import dumps
+from sre.store.database import Database, id_equals
 from sre.store.schema import agents
 from sre.types.agents import MAX_AGENT_VERSION as MAX_VERSION
 from sre.types.audit import AuditEvent

@@ -16,8 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sre.store.audit import append_audit
-from sre.store.conversations import id_equals
-from sre.store.database import Database
+from sre.store.database import Database, id_equals
 from sre.store.runs import put_steps, requeue_if_ready
 from sre.store.schema import approvals, runs
 from sre.types.audit import AuditEvent

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from sre.store.database import Database
+from sre.store.database import Database, id_equals
 from sre.store.schema import audit_events, audit_heads
 from sre.types.audit import (
     GENESIS,
@@ -65,11 +65,6 @@ _COLUMNS = (
     audit_events.c.prev_hash,
     audit_events.c.hash,
 )
-
-
-def _equals(column: sa.ColumnElement[Any], value: str) -> sa.ColumnElement[bool]:
-    """`column == value`; FALSE for a value with NUL, which PostgreSQL text cannot hold."""
-    return sa.false() if "\x00" in value else column == value
 
 
 def _head(conn: sa.Connection, tenant_id: str) -> tuple[int, str]:
@@ -199,7 +194,7 @@ class AuditRepository:
         last event of the previous page."""
         query = sa.select(*_COLUMNS).where(audit_events.c.tenant_id == tenant_id)
         for name, value in (filters or {}).items():
-            query = query.where(_equals(audit_events.c[name], str(value)))
+            query = query.where(id_equals(audit_events.c[name], str(value)))
         if since_ms is not None:
             query = query.where(audit_events.c.created_ms >= since_ms)
         if until_ms is not None:
@@ -208,7 +203,7 @@ class AuditRepository:
             if after is not None:
                 cursor = conn.execute(
                     sa.select(audit_events.c.seq).where(
-                        audit_events.c.tenant_id == tenant_id, _equals(audit_events.c.id, after)
+                        audit_events.c.tenant_id == tenant_id, id_equals(audit_events.c.id, after)
                     )
                 ).scalar()
                 if cursor is None:

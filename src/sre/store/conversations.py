@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sre.store.audit import append_audit
-from sre.store.database import Database
+from sre.store.database import Database, id_equals
 from sre.store.schema import conversations, items
 from sre.types.audit import AuditEvent
 from sre.types.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -32,11 +32,6 @@ _INF = 2**62
 
 def dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def id_equals(column: sa.ColumnElement[str], value: str) -> sa.ColumnElement[bool]:
-    """`column == value`; FALSE for a value with NUL, which PostgreSQL text cannot hold (no id has one)."""
-    return sa.false() if "\x00" in value else column == value
 
 
 def conversation_from_row(row: sa.Row[Any]) -> Conversation:

@@ -76,6 +76,11 @@ def create_engine(url: str, *, pool_size: int = 10, synchronous: str = "normal")
     )
 
 
+def id_equals(column: sa.ColumnElement[Any], value: str) -> sa.ColumnElement[bool]:
+    """`column == value`; FALSE for a value with NUL, which PostgreSQL text cannot hold (no id has one)."""
+    return sa.false() if "\x00" in value else column == value
+
+
 class Database:
     """An engine plus the two kinds of transaction the repositories use."""
 

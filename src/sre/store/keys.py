@@ -20,11 +20,10 @@ from sre.store.schema import api_keys, principals, tenants
 from sre.types.audit import AuditEvent
 from sre.types.errors import InvalidRequest, NotFound
 from sre.types.ids import new_id
-from sre.types.records import ApiKey, Caller, Principal
+from sre.types.records import ROLES, ApiKey, Caller, Principal
 
 KEY_PREFIX = "sre-"
 PRINCIPAL_KINDS = ("user", "service", "agent")
-ROLES = ("admin", "developer", "member", "auditor")
 
 
 def hash_key(secret: str) -> str:
@@ -67,6 +66,11 @@ _BY_HASH = (
     )
     .where(api_keys.c.key_hash == sa.bindparam("h"))
 )
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
 
 
 def _principal(row: sa.Row[Any]) -> Principal:
@@ -112,8 +116,7 @@ class KeyRepository:
         name = _check_name(name, "principal")
         if kind not in PRINCIPAL_KINDS:
             raise InvalidRequest(f"principal kind must be one of {', '.join(PRINCIPAL_KINDS)}", param="kind")
-        if role not in ROLES:
-            raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+        _check_role(role)
         with self.db.write() as conn:
             row = conn.execute(
                 sa.select(principals).where(principals.c.tenant_id == tenant_id, principals.c.name == name)
@@ -136,8 +139,7 @@ class KeyRepository:
     def set_role(
         self, tenant_id: str, principal_id: str, role: str, *, actor: str | None = None
     ) -> Principal:
-        if role not in ROLES:
-            raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+        _check_role(role)
         with self.db.write() as conn:
             row = conn.execute(
                 sa.select(principals)

@@ -41,6 +41,28 @@ def model_call_event(call: ModelCallRecord) -> AuditEvent:
     )
 
 
+def model_call_row(call: ModelCallRecord) -> dict[str, object]:
+    """The `model_calls` row of a record."""
+    return dict(
+        tenant_id=call.tenant_id,
+        id=call.id,
+        response_id=call.response_id,
+        principal_id=call.principal_id,
+        model=call.model,
+        provider=call.provider,
+        status=call.status,
+        input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens,
+        latency_ms=call.latency_ms,
+        manifest=dumps(call.manifest),
+        error=call.error,
+        created_at=call.created_at,
+        cached_tokens=call.cached_tokens,
+        tokens_exact=call.tokens_exact,
+        cost_usd=call.cost_usd,
+    )
+
+
 def insert_model_calls(
     conn: sa.Connection,
     tenant_id: str,
@@ -50,28 +72,5 @@ def insert_model_calls(
     """The calls' records and their audit events (with `audit`, the transaction's others), in the
     caller's transaction."""
     if calls:
-        conn.execute(
-            _INSERT,
-            [
-                dict(
-                    tenant_id=call.tenant_id,
-                    id=call.id,
-                    response_id=call.response_id,
-                    principal_id=call.principal_id,
-                    model=call.model,
-                    provider=call.provider,
-                    status=call.status,
-                    input_tokens=call.input_tokens,
-                    output_tokens=call.output_tokens,
-                    latency_ms=call.latency_ms,
-                    manifest=dumps(call.manifest),
-                    error=call.error,
-                    created_at=call.created_at,
-                    cached_tokens=call.cached_tokens,
-                    tokens_exact=call.tokens_exact,
-                    cost_usd=call.cost_usd,
-                )
-                for call in calls
-            ],
-        )
+        conn.execute(_INSERT, [model_call_row(call) for call in calls])
     append_audit(conn, tenant_id, [*(model_call_event(c) for c in calls), *audit])

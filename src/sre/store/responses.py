@@ -21,13 +21,12 @@ from sre.store.audit import append_audit
 from sre.store.conversations import (
     append_rows,
     dumps,
-    id_equals,
     insert_conversation,
     item_from_row,
     load_conversation,
     read_window,
 )
-from sre.store.database import Database
+from sre.store.database import Database, id_equals
 from sre.store.model_calls import insert_model_calls
 from sre.store.runs import active_run, finish_run
 from sre.store.schema import approvals, items, model_calls, responses, run_events, run_steps, runs
@@ -86,6 +85,19 @@ def response_from_row(row: sa.Row[Any]) -> ResponseRecord:
     )
 
 
+def _owner(conn: sa.Connection, tenant_id: str, response_id: str) -> str | None:
+    """The principal of a response, or of a durable run that has none yet; None when neither exists."""
+    for table, column in ((responses, responses.c.id), (runs, runs.c.response_id)):
+        found = conn.execute(
+            sa.select(table.c.principal_id).where(
+                table.c.tenant_id == tenant_id, id_equals(column, response_id)
+            )
+        ).scalar()
+        if found is not None:
+            return str(found)
+    return None
+
+
 class ResponseRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -115,15 +127,7 @@ class ResponseRepository:
         """The principal a response (or a durable run without a response yet) belongs to; None when
         there is neither."""
         with self.db.read() as conn:
-            for table, column in ((responses, responses.c.id), (runs, runs.c.response_id)):
-                found = conn.execute(
-                    sa.select(table.c.principal_id).where(
-                        table.c.tenant_id == tenant_id, id_equals(column, response_id)
-                    )
-                ).scalar()
-                if found is not None:
-                    return str(found)
-        return None
+            return _owner(conn, tenant_id, response_id)
 
     def context(
         self,
@@ -313,14 +317,7 @@ class ResponseRepository:
         """Delete the response and, for a durable one, its run, events, journal and approvals (a
         worker still running it can then no longer commit it); only its owner may."""
         with self.db.write() as conn:
-            for table, column in ((responses, responses.c.id), (runs, runs.c.response_id)):
-                owner = conn.execute(
-                    sa.select(table.c.principal_id).where(
-                        table.c.tenant_id == tenant_id, id_equals(column, response_id)
-                    )
-                ).scalar()
-                if owner is not None:
-                    break
+            owner = _owner(conn, tenant_id, response_id)
             if viewer is not None and owner is not None and not viewer.may(owner, write=True):
                 raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
             deleted = conn.execute(

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as sa_postgresql
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from sre.store.conversations import dumps, id_equals
-from sre.store.database import Database
+from sre.store.conversations import dumps
+from sre.store.database import Database, id_equals
 from sre.store.model_calls import insert_model_calls
 from sre.store.schema import approvals, conversations, run_events, run_steps, runs
 from sre.types.audit import AuditEvent

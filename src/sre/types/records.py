@@ -33,6 +33,7 @@ class ApiKey:
     expires_at: int | None = None  # refused from this time on (None: never)
 
 
+ROLES = ("admin", "developer", "member", "auditor")  # what each may do: sre.governance.roles
 OVERSIGHT_ROLES = ("admin", "auditor")  # read every principal's resources of their tenant (audited)
 
 
