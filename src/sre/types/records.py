@@ -63,6 +63,7 @@ class Caller:
     principal_id: str
     key_id: str | None = None
     role: str = "member"
+    groups: tuple[str, ...] = ()  # group names asserted by an identity provider's token (OIDC)
 
     @property
     def viewer(self) -> Viewer:
