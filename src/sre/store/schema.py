@@ -31,8 +31,35 @@ principals = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     # 0007: what the principal may do (principals made before 0007 keep every right: admin)
     sa.Column("role", sa.String(16), nullable=False, server_default="admin"),
+    # 0009: what runs acting for it may use ({"tools": [...], "models": [...]}, JSON; NULL: anything),
+    # and when it was disabled (its keys and tokens are refused from then on)
+    sa.Column("grants", sa.Text, nullable=True),
+    sa.Column("disabled_at", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("tenant_id", "name", name="uq_principals_name"),
 )
+
+# 0009: groups of principals, nested one level (a group's members are principals or groups whose
+# members are principals). A group carries grants like a principal; approvers may name it.
+groups = sa.Table(
+    "groups",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("grants", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("tenant_id", "name", name="uq_groups_name"),
+)
+
+group_members = sa.Table(
+    "group_members",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("group_id", sa.String(64), primary_key=True),
+    sa.Column("member_id", sa.String(64), primary_key=True),  # a principal's id or a group's
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+sa.Index("ix_group_members_member", group_members.c.tenant_id, group_members.c.member_id)
 
 api_keys = sa.Table(
     "api_keys",
@@ -46,6 +73,10 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("revoked_at", sa.BigInteger, nullable=True),
     sa.Column("expires_at", sa.BigInteger, nullable=True),  # 0008: refused from then on (None: never)
+    # 0009: what the key may do, a JSON list of scopes (NULL: everything its principal's role may)
+    sa.Column("scopes", sa.Text, nullable=True),
+    # 0009: the key this one replaced by rotation, if any
+    sa.Column("rotated_from", sa.String(64), nullable=True),
 )
 
 conversations = sa.Table(
@@ -236,6 +267,8 @@ sa.Index("ix_approvals_response", approvals.c.tenant_id, approvals.c.response_id
 ALL_TABLES = (
     tenants,
     principals,
+    groups,
+    group_members,
     api_keys,
     conversations,
     items,
