@@ -8,6 +8,7 @@ error shape and an `auth.failure` audit event that never holds the token. On bot
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import openai
 import pytest
 
@@ -198,6 +200,25 @@ def test_a_jwks_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     assert verifier.verify(idp.token("ann", kid="rsa-2")).principal == "ann"
 
 
+def test_hmac_only_when_configured_and_only_with_a_shared_secret(tmp_path: Path) -> None:
+    idp = IdentityProvider()
+    secret = b"s" * 32
+    jwks = idp.jwks()
+    jwks["keys"].append({"kty": "oct", "kid": "shared", "k": base64.urlsafe_b64encode(secret).decode()})
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    shared = jwt.encode(idp.claims("hal"), secret, algorithm="HS256", headers={"kid": "shared"})
+    with pytest.raises(TokenRejected) as refused:
+        TokenVerifier([_issuer(str(path))]).verify(shared)
+    assert refused.value.reason == "algorithm_not_allowed"
+    verifier = TokenVerifier([_issuer(str(path), algorithms=("RS256", "HS256"))])
+    assert verifier.verify(shared).principal == "hal"
+    # Even then, an RSA key is never an HMAC secret.
+    with pytest.raises(TokenRejected) as confused:
+        verifier.verify(idp.hmac_with_public_key())
+    assert confused.value.reason == "algorithm_mismatch"
+
+
 @pytest.fixture
 def jwks_server() -> Iterator[JWKSServer]:
     server = JWKSServer(IdentityProvider()).start()
@@ -298,7 +319,7 @@ def test_configuration() -> None:
         issuers_from_config({"oidc": {"a": GOOD, "b": GOOD}})
     with pytest.raises(ConfigError, match=r"\[auth\] takes one key"):
         issuers_from_config({"saml": {}})
-    with pytest.raises(ConfigError, match="cannot read the JWKS file"):
+    with pytest.raises(ConfigError, match=r"\[auth.oidc.corp\]: cannot read the JWKS file"):
         TokenVerifier([_issuer("/nonexistent/jwks.json")])
 
 

@@ -184,7 +184,12 @@ class TokenVerifier:
 
     def __init__(self, issuers: Sequence[OIDCIssuer], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.issuers = {issuer.issuer: issuer for issuer in issuers}
-        self._keys = {issuer.issuer: KeySet(issuer.jwks, clock=clock) for issuer in issuers}
+        self._keys: dict[str, KeySet] = {}
+        for issuer in issuers:
+            try:
+                self._keys[issuer.issuer] = KeySet(issuer.jwks, clock=clock)
+            except ConfigError as exc:
+                raise ConfigError(f"[auth.oidc.{issuer.name}]: {exc.message}", param="jwks") from None
 
     def verify(self, token: str) -> TokenIdentity:
         if len(token) > MAX_TOKEN_CHARS:
