@@ -8,8 +8,11 @@ that would be valid for her, by:
 
   * Bob, another member of tenant A: Alice's conversations, responses and approvals are not found
     (404, as another tenant's would be), listings do not show them;
+  * Bob again, signed in with a token of the OIDC issuer whose users are tenant A's ("sso-bob");
   * Carol, an admin of tenant B: everything of tenant A is not found (404, never 403);
-  * a revoked key of Alice's, an expired one, and a key that does not exist: 401 on every route.
+  * a revoked key of Alice's, an expired one, and a key that does not exist: 401 on every route;
+  * a token from an issuer that is not configured, and a token naming Alice from the configured
+    issuer but signed by another key: 401 on every route.
 
 Whatever the status, no response body carries one of Alice's ids that the probe did not send itself,
 and afterwards all of Alice's resources are as they were. On both stores.
@@ -22,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +38,7 @@ from sre.models import ModelRequest
 from sre.testing import FunctionModel, ScriptedToolCall
 from sre.tools import ToolRegistry
 from sre.types.items import FunctionCallOutput
+from tests.support.oidc import IdentityProvider, oidc_config
 
 # How each route is probed: (method, path) -> (kind, body). `kind` says whose the route's resource is:
 #   "private": Alice's own (conversations, responses, approvals): others get 404;
@@ -116,7 +121,7 @@ class World:
 
 
 @pytest.fixture
-async def world(store_url: str) -> AsyncIterator[World]:
+async def world(store_url: str, tmp_path: Path) -> AsyncIterator[World]:
     registry = ToolRegistry()
 
     @registry.tool(risk="high", idempotent=False)
@@ -124,10 +129,17 @@ async def world(store_url: str) -> AsyncIterator[World]:
         """Pay."""
         return f"paid {amount}"
 
-    runtime = Runtime.open(
-        database_url=store_url, models=[FunctionModel(_reply, name="m")], env={}, tools=registry
-    )
     tag = uuid.uuid4().hex[:10]
+    idp = IdentityProvider()  # its principals are tenant A's: "alice" is Alice
+    config = tmp_path / "sre.toml"
+    config.write_text(oidc_config(idp, str(idp.write_jwks(tmp_path / "jwks.json")), f"iso-a-{tag}"))
+    runtime = Runtime.open(
+        database_url=store_url,
+        config=config,
+        models=[FunctionModel(_reply, name="m")],
+        env={},
+        tools=registry,
+    )
     w = World(runtime, create_app(runtime))
     w.keys["alice"] = runtime.create_key(f"iso-a-{tag}", "alice")[1]
     w.keys["bob"] = runtime.create_key(f"iso-a-{tag}", "bob")[1]
@@ -141,6 +153,9 @@ async def world(store_url: str) -> AsyncIterator[World]:
         tenant_a, alice_id, "gone", expires_at=int(time.time()) - 1
     )[1]
     w.keys["unknown"] = "sre-" + uuid.uuid4().hex
+    w.keys["unknown_issuer"] = IdentityProvider(issuer="https://elsewhere.example.test").token("alice")
+    w.keys["bad_signature"] = idp.forged_with_other_key("alice")
+    w.keys["sso-bob"] = idp.token("sso-bob")
     async with w.client("alice") as alice:
         conv = (await alice.post("/v1/conversations", json={})).json()["id"]
         resp = (
@@ -229,7 +244,10 @@ async def test_every_route_is_probed(world: World) -> None:
     assert not set(ROUTES) - _routes(world), "ROUTES names routes that no longer exist"
 
 
-@pytest.mark.parametrize("who", ["bob", "carol", "revoked", "expired", "unknown"])
+REFUSED = ("revoked", "expired", "unknown", "unknown_issuer", "bad_signature")
+
+
+@pytest.mark.parametrize("who", ["bob", "sso-bob", "carol", *REFUSED])
 async def test_no_route_leaks_alices_resources(world: World, who: str) -> None:
     before = await _state(world)
     private = {k: v for k, v in world.ids.items() if k != "agent"}
@@ -250,14 +268,14 @@ async def test_no_route_leaks_alices_resources(world: World, who: str) -> None:
                     assert value not in response.text, f"{where}: shows Alice's {name}"
             if kind == "public":
                 assert response.status_code == 200, where
-            elif who in ("revoked", "expired", "unknown"):
+            elif who in REFUSED:
                 assert response.status_code == 401, where
                 assert response.json()["error"]["type"] == "authentication_error", where
             elif kind == "private" or (kind == "tenant" and who == "carol"):
                 assert response.status_code == 404, where
                 assert set(response.json()["error"]) == {"message", "type", "param", "code"}, where
     after = await _state(world)
-    if who == "bob":  # a member of the tenant may change its shared agents (roles come later)
+    if who in ("bob", "sso-bob"):  # a member of the tenant may change its shared agents (roles come later)
         before.pop("agent"), after.pop("agent")
     assert after == before
 

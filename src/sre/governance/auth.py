@@ -2,14 +2,19 @@
 setup (`--no-auth`, the first-start key) or the CLI acting within a tenant; and the keys themselves.
 
 Keys are hashed at rest (`sre.store.keys`); a lookup is one indexed read per request, so a revoked
-key is refused by every process at once.
+key is refused by every process at once. Where OIDC issuers are configured, a bearer secret shaped
+like a JWT (three dot-separated segments, which no key has) is a token for `sre.governance.sso`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+from sre.governance.oidc import OIDCIssuer, looks_like_jwt
+from sre.governance.sso import SingleSignOn
 from sre.store import Store
+from sre.store.keys import KEY_PREFIX
 from sre.types.errors import InvalidRequest, Unauthenticated
 from sre.types.records import ApiKey, Caller, Principal
 
@@ -20,9 +25,10 @@ CLI_PRINCIPAL = "cli"
 
 
 class Authenticator:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, oidc: Sequence[OIDCIssuer] = ()) -> None:
         self.store = store
         self._local: Caller | None = None
+        self.sso = SingleSignOn(store, oidc) if oidc else None
 
     def from_header(self, header: str | None) -> Caller:
         """The caller an `Authorization` header names; `Unauthenticated` when it names none."""
@@ -34,6 +40,8 @@ class Authenticator:
         return self.authenticate(secret.strip())
 
     def authenticate(self, secret: str) -> Caller:
+        if self.sso is not None and looks_like_jwt(secret) and not secret.startswith(KEY_PREFIX):
+            return self.sso.caller(secret)
         caller = self.store.keys.authenticate(secret)
         if caller is None:
             raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")

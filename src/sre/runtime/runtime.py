@@ -86,7 +86,7 @@ class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, 
         self.settings = settings
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry()
         self.tools = tools if tools is not None else ToolCatalog(ToolRegistry())
-        self.auth = Authenticator(store)
+        self.auth = Authenticator(store, settings.oidc)
         self.context = ContextAssembler(compactor=Compactor(store))
         self.turns = TurnEngine(store, models, self.tools, self.context, settings.context)
         self.engine = RunEngine(store, self.context)

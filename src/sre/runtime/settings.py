@@ -2,8 +2,9 @@
 
 The embedded default is `./.sre/sre.db`; `SRE_DATABASE_URL` (or `--database-url`) selects
 PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models, a `[server]` table, the Python modules
-that register server-side tools (`[tools] modules`), the MCP servers (`[mcp_servers.LABEL]`) and the
-context defaults of plain turns (`[context]`).
+that register server-side tools (`[tools] modules`), the MCP servers (`[mcp_servers.LABEL]`), the
+context defaults of plain turns (`[context]`) and the OIDC issuers whose tokens are accepted besides
+API keys (`[auth.oidc.NAME]`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from sre.context import ContextDefaults
 from sre.governance.auth import LOCAL_PRINCIPAL, LOCAL_TENANT
+from sre.governance.oidc import OIDCIssuer, issuers_from_config
 from sre.models.config import read_toml
 from sre.types.errors import ConfigError
 
@@ -36,6 +38,7 @@ class Settings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long a worker's claim on a run lasts unrenewed
     context: ContextDefaults = field(default_factory=ContextDefaults)
     sqlite_synchronous: str = "normal"  # "full": every commit synced to disk (survives power loss)
+    oidc: tuple[OIDCIssuer, ...] = ()  # identity providers whose access tokens are accepted
 
     @property
     def embedded(self) -> bool:
@@ -65,6 +68,7 @@ class Settings:
             "tools",
             "mcp_servers",
             "context",
+            "auth",
         }
         if unknown:
             raise ConfigError(f"unknown top-level keys in config: {', '.join(sorted(unknown))}")
@@ -94,4 +98,5 @@ class Settings:
             max_body_bytes=max_body,
             lease_seconds=lease,
             context=ContextDefaults.from_config(config.get("context")),
+            oidc=issuers_from_config(config.get("auth")),
         )

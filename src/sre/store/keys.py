@@ -278,3 +278,11 @@ class KeyRepository:
         with self.db.read() as conn:
             rows = conn.execute(sa.select(principals.c.tenant_id, principals.c.id, principals.c.name))
             return {(row.tenant_id, row.id): row.name for row in rows}
+
+    def find_principal(self, tenant_id: str, name: str) -> Principal | None:
+        """The principal called `name`, or None (one indexed read; `ensure_principal` writes)."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(principals).where(principals.c.tenant_id == tenant_id, principals.c.name == name)
+            ).first()
+        return None if row is None else _principal(row)

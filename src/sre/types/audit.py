@@ -40,7 +40,7 @@ ACTIONS: dict[str, str] = {
     "principal.update": "a principal's role was changed",
     "key.create": "an API key was created",
     "key.revoke": "an API key was revoked",
-    "auth.failure": "a request presented a key that is unknown, revoked or expired",
+    "auth.failure": "a request presented a key that is unknown, revoked or expired, or a refused token",
 }
 
 
