@@ -117,6 +117,8 @@ def _refusals(idp: IdentityProvider) -> list[tuple[str, str, bool]]:
         (idp.hmac_with_public_key(), "algorithm_not_allowed", True),
         (idp.token(None), "missing_claim", True),
         (idp.token(exp=None), "missing_claim", True),
+        (idp.token("local"), "reserved_principal", True),
+        (idp.token("cli"), "reserved_principal", True),
         (idp.token(groups="eng"), "invalid_groups", True),
         (idp.token(groups=[f"g{i}" for i in range(101)]), "invalid_groups", True),
         ("abc.def.ghi", "malformed", False),

@@ -242,6 +242,10 @@ class TokenVerifier:
         return claims
 
 
+# The principals SRE itself acts as (the embedded setup's user, the CLI's): no token may name them.
+RESERVED_PRINCIPALS = ("local", "cli")
+
+
 def _principal(issuer: OIDCIssuer, claims: dict[str, Any]) -> str:
     value = claims.get(issuer.principal_claim)
     if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_NAME_CHARS:
@@ -249,6 +253,10 @@ def _principal(issuer: OIDCIssuer, claims: dict[str, Any]) -> str:
             "missing_claim",
             f"The token's '{issuer.principal_claim}' claim must name the principal "
             f"(a string of 1 to {MAX_NAME_CHARS} characters).",
+        )
+    if value.strip() in RESERVED_PRINCIPALS:
+        raise TokenRejected(
+            "reserved_principal", f"A token may not name the built-in principal '{value.strip()}'."
         )
     return value.strip()
 
