@@ -67,7 +67,7 @@ async def api(store_url: str) -> AsyncIterator[Api]:
     small = FunctionModel(_reply, name="small")
     big = FunctionModel(_reply, name="big")
     runtime = Runtime.open(database_url=store_url, models=[small, big], env={})
-    _, secret = runtime.create_key(f"agents-{uuid.uuid4().hex}", "alice")
+    _, secret = runtime.create_key(f"agents-{uuid.uuid4().hex}", "alice", role="developer")
     transport = httpx.ASGITransport(app=create_app(runtime))
     headers = {"Authorization": f"Bearer {secret}"}
     async with httpx.AsyncClient(transport=transport, base_url="http://sre", headers=headers) as client:

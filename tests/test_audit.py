@@ -193,7 +193,7 @@ async def test_only_admins_and_auditors_read_it_and_only_their_tenants(tenant: T
     other = Tenant(tenant.runtime, f"audit-other-{uuid.uuid4().hex[:8]}")
     async with other.client(other.key("root", "admin")) as c:
         assert await _events(c, resource_id=conv) == []
-        assert [e["action"] for e in await _events(c)] == ["key.create"]  # its own key's, only
+        assert [e["action"] for e in await _events(c)] == ["key.create", "principal.create"]  # its own
         for params in ({"limit": 0}, {"action": "nope"}, {"outcome": "maybe"}, {"since": -1},
                        {"order": "up"}, {"after": "aud_unknown"}):  # fmt: skip
             bad = await c.get("/v1/audit", params=params)

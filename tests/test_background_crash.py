@@ -40,7 +40,7 @@ class Setup:
         self.workers: list[subprocess.Popen[str]] = []
         done = subprocess.run(
             [sys.executable, "-m", "sre", "keys", "create", "--tenant", f"bg-{uuid.uuid4().hex[:8]}",
-             "--principal", "alice", "--data-dir", str(self.data_dir)],
+             "--principal", "alice", "--role", "developer", "--data-dir", str(self.data_dir)],
             capture_output=True, text=True, env={**os.environ, **self.env}, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr

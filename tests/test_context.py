@@ -317,7 +317,7 @@ def runtime_with(store_url: str, tmp_path: Path) -> Iterator[Any]:
 
 async def seeded_caller(rt: Runtime) -> Caller:
     tenant = f"ctx-{uuid.uuid4().hex[:10]}"
-    rt.create_key(tenant, "alice")
+    rt.create_key(tenant, "alice", role="developer")
     return rt.tenant_caller(tenant, "alice")
 
 

@@ -45,6 +45,8 @@ from tests.support.oidc import IdentityProvider, oidc_config
 #   "tenant": shared within tenant A (agents): Bob may use it, Carol gets 404;
 #   "own": the caller's own collection or a new resource of the caller (lists, creates): any status,
 #          but no body shows Alice's ids;
+#   "directory": tenant A's principals and groups: Bob (a member) lacks the right (403), Carol gets
+#                404;
 #   "public": no tenant data at all (health).
 # Bodies use {conv}, {resp}, {bg}, {item}, {apr}, {agent}: Alice's ids.
 ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
@@ -86,6 +88,21 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/v1/approvals/{approval_id}"): ("private", None),
     ("POST", "/v1/approvals/{approval_id}/approve"): ("private", {}),
     ("POST", "/v1/approvals/{approval_id}/deny"): ("private", {}),
+    ("GET", "/v1/principals"): ("own", None),
+    ("POST", "/v1/principals"): ("own", {"name": "probe-{nonce}"}),
+    ("GET", "/v1/principals/{principal}"): ("directory", None),
+    ("POST", "/v1/principals/{principal}"): ("directory", {"role": "admin"}),
+    ("GET", "/v1/groups"): ("own", None),
+    ("POST", "/v1/groups"): ("own", {"name": "probe-{nonce}", "members": ["{alice}"]}),
+    ("GET", "/v1/groups/{group}"): ("directory", None),
+    ("DELETE", "/v1/groups/{group}"): ("directory", None),
+    ("POST", "/v1/groups/{group}/members"): ("directory", {"member": "{alice}"}),
+    ("DELETE", "/v1/groups/{group}/members/{member_id}"): ("directory", None),
+    ("GET", "/v1/keys"): ("own", None),
+    ("POST", "/v1/keys"): ("own", {"principal": "{alice}"}),
+    ("GET", "/v1/keys/{key_id}"): ("private", None),
+    ("DELETE", "/v1/keys/{key_id}"): ("private", None),
+    ("POST", "/v1/keys/{key_id}/rotate"): ("private", {}),
 }
 # Extra probes of routes whose query changes what they do.
 VARIANTS: list[tuple[str, str, dict[str, str]]] = [
@@ -141,7 +158,7 @@ async def world(store_url: str, tmp_path: Path) -> AsyncIterator[World]:
         tools=registry,
     )
     w = World(runtime, create_app(runtime))
-    w.keys["alice"] = runtime.create_key(f"iso-a-{tag}", "alice")[1]
+    alice_key, w.keys["alice"] = runtime.create_key(f"iso-a-{tag}", "alice", role="developer")
     w.keys["bob"] = runtime.create_key(f"iso-a-{tag}", "bob")[1]
     w.keys["carol"] = runtime.create_key(f"iso-b-{tag}", "carol", role="admin")[1]
     revoked, w.keys["revoked"] = runtime.create_key(f"iso-a-{tag}", "alice", "old")
@@ -156,6 +173,8 @@ async def world(store_url: str, tmp_path: Path) -> AsyncIterator[World]:
     w.keys["unknown_issuer"] = IdentityProvider(issuer="https://elsewhere.example.test").token("alice")
     w.keys["bad_signature"] = idp.forged_with_other_key("alice")
     w.keys["sso-bob"] = idp.token("sso-bob")
+    group = runtime.store.directory.create_group(tenant_a, "finance")
+    runtime.store.directory.add_member(tenant_a, group.id, alice_id)
     async with w.client("alice") as alice:
         conv = (await alice.post("/v1/conversations", json={})).json()["id"]
         resp = (
@@ -178,7 +197,11 @@ async def world(store_url: str, tmp_path: Path) -> AsyncIterator[World]:
             "apr": bg["required_action"]["approval_ids"][0],
             "item": items[0]["id"],
             "agent": agent["name"],
-            "alice": (await runtime.authenticate(w.keys["alice"])).principal_id,
+            "alice": alice_id,
+            "principal": alice_id,
+            "member_id": alice_id,
+            "group": group.id,
+            "key": alice_key.id,
         }
     yield w
     await runtime.aclose()
@@ -203,6 +226,10 @@ def _path(path: str, ids: dict[str, str]) -> str:
         .replace("{item_id}", ids["item"])
         .replace("{approval_id}", ids["apr"])
         .replace("{name}", ids["agent"])
+        .replace("{principal}", ids["principal"])
+        .replace("{group}", ids["group"])
+        .replace("{member_id}", ids["member_id"])
+        .replace("{key_id}", ids["key"])
     )
 
 
@@ -213,7 +240,13 @@ async def _state(world: World) -> dict[str, Any]:
         bg = await alice.get(f"/v1/responses/{world.ids['bg']}")
         apr = await alice.get(f"/v1/approvals/{world.ids['apr']}")
         agent = await alice.get(f"/v1/agents/{world.ids['agent']}/versions")
+        keys = await alice.get("/v1/keys")
+    directory = world.runtime.store.directory
+    tenant = (await world.runtime.authenticate(world.keys["alice"])).tenant_id
     return {
+        "keys": keys.json(),
+        "group": directory.group(tenant, world.ids["group"]),
+        "principal": directory.principal(tenant, world.ids["alice"]),
         "items": [i["id"] for i in conv.json()["data"]],
         "meta": (await _conv(world)).get("metadata"),
         "resp": resp.json()["status"],
@@ -271,12 +304,13 @@ async def test_no_route_leaks_alices_resources(world: World, who: str) -> None:
             elif who in REFUSED:
                 assert response.status_code == 401, where
                 assert response.json()["error"]["type"] == "authentication_error", where
-            elif kind == "private" or (kind == "tenant" and who == "carol"):
+            elif kind == "private" or (kind in ("tenant", "directory") and who == "carol"):
                 assert response.status_code == 404, where
                 assert set(response.json()["error"]) == {"message", "type", "param", "code"}, where
+            elif kind == "directory":  # a member lacks the right: refused before anything is looked up
+                assert response.status_code == 403, where
+                assert response.json()["error"]["code"] == "role_required", where
     after = await _state(world)
-    if who in ("bob", "sso-bob"):  # a member of the tenant may change its shared agents (roles come later)
-        before.pop("agent"), after.pop("agent")
     assert after == before
 
 

@@ -70,7 +70,7 @@ class Bank:
         self.servers: list[ServerProcess] = []
         done = subprocess.run(
             [sys.executable, "-m", "sre", "keys", "create", "--tenant", f"runs-{uuid.uuid4().hex[:8]}",
-             "--principal", "alice", "--data-dir", str(self.data_dir)],
+             "--principal", "alice", "--role", "developer", "--data-dir", str(self.data_dir)],
             capture_output=True, text=True, env={**os.environ, **self.env}, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -430,7 +430,7 @@ async def test_a_foreground_run_polled_as_it_ends_reads_its_output(store_url: st
 
     runtime = Runtime.open(database_url=store_url, models=[FunctionModel(reply, name="m")], env={})
     try:
-        _, secret = runtime.create_key(f"poll-{uuid.uuid4().hex[:8]}", "alice")
+        _, secret = runtime.create_key(f"poll-{uuid.uuid4().hex[:8]}", "alice", role="developer")
         caller = await runtime.authenticate(secret)
         await runtime.create_agent(caller, {"name": "a", "model": "m"})
         for _ in range(200):

@@ -132,7 +132,7 @@ async def world(store_url: str) -> AsyncIterator[World]:
     runtime = Runtime.open(database_url=store_url, models=[model], env={}, tools=registry)
     runtime.start_workers(1)  # for background runs; foreground runs execute in the request
     tenant = f"runs-{uuid.uuid4().hex}"
-    _, secret = runtime.create_key(tenant, "alice")
+    _, secret = runtime.create_key(tenant, "alice", role="developer")
     app = create_app(runtime)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(

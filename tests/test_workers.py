@@ -80,7 +80,7 @@ def test_two_workers_run_200_runs_exactly_once_and_one_dies_midway(tmp_path: Pat
     }
     made = subprocess.run(
         [sys.executable, "-m", "sre", "keys", "create", "--tenant", f"workers-{uuid.uuid4().hex[:8]}",
-         "--principal", "ops", "--data-dir", str(data_dir)],
+         "--principal", "ops", "--role", "developer", "--data-dir", str(data_dir)],
         capture_output=True, text=True, env={**os.environ, **env}, timeout=60,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr

@@ -15,14 +15,19 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from sre.api import errors
 from sre.api.limits import BodyLimit
 from sre.api.request_ids import RequestIds
+from sre.governance.access import ON_BEHALF_OF_HEADER
+from sre.governance.roles import RIGHTS, rights
 from sre.runtime import Runtime
 from sre.types.agents import MAX_AGENT_VERSION, AgentDefinition, UpdateAgent
-from sre.types.errors import SREError
+from sre.types.audit import ACTING
+from sre.types.directory import AddMember, CreateGroup, CreateKey, CreatePrincipal, RotateKey, UpdatePrincipal
+from sre.types.errors import InvalidRequest, SREError
 from sre.types.records import Caller
 from sre.types.requests import (
     CompactResponse,
@@ -53,6 +58,18 @@ ApprovalStatus = Annotated[str | None, Query(pattern="^(pending|approved|denied|
 class ForkConversation(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     item_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+def _right_of(route: object) -> str | None:
+    """The right a route requires (its `Require` dependency's), if any."""
+    if not isinstance(route, APIRoute):
+        return None
+    return next((r for d in route.dependant.dependencies if (r := getattr(d.call, "right", None))), None)
+
+
+def _route_name(request: Request) -> str:
+    route = request.scope.get("route")
+    return f"{request.method} {getattr(route, 'path', request.url.path)}"
 
 
 def _sse(event: dict[str, Any]) -> bytes:
@@ -112,20 +129,60 @@ def create_app(
     app.add_middleware(RequestIds)  # outermost: even a refused body has its id
 
     async def caller(request: Request) -> Caller:
-        if not auth:
-            return runtime.local_caller()
-        return await runtime.authenticate_header(request.headers.get("authorization"))
+        """Who is asking: the key's or token's principal, or, with `X-SRE-On-Behalf-Of` from a
+        service holding `act_as`, the user it acts for."""
+        who = (
+            runtime.local_caller()
+            if not auth
+            else await runtime.authenticate_header(request.headers.get("authorization"))
+        )
+        user = request.headers.get(ON_BEHALF_OF_HEADER)
+        if user is not None:
+            if not user.strip() or len(user) > 200:
+                raise InvalidRequest(
+                    f"'{ON_BEHALF_OF_HEADER}' must name a user (1 to 200 characters).",
+                    param=ON_BEHALF_OF_HEADER,
+                )
+            who = await runtime.act_for(who, user, _route_name(request))
+        if who.actor_id is not None:
+            ACTING.set(who.actor_id)  # reset when the request ends (`RequestIds`)
+        return who
 
-    Who = Annotated[Caller, Depends(caller)]
+    class Require:
+        """The dependency of a route that takes `right` (`sre.governance.roles`): it authenticates
+        the caller and refuses (403, audited) one without the right."""
+
+        def __init__(self, right: str) -> None:
+            assert right in RIGHTS, right
+            self.right = right
+
+        async def __call__(self, request: Request) -> Caller:
+            who = await caller(request)
+            await runtime.check_access(who, self.right, _route_name(request))
+            return who
+
+    Responding = Annotated[Caller, Depends(Require("responses"))]
+    Modeling = Annotated[Caller, Depends(Require("models"))]
+    AgentReader = Annotated[Caller, Depends(Require("agents.read"))]
+    AgentWriter = Annotated[Caller, Depends(Require("agents.write"))]
+    Approving = Annotated[Caller, Depends(Require("approvals"))]
+    UsageReader = Annotated[Caller, Depends(Require("usage"))]
+    KeyHolder = Annotated[Caller, Depends(Require("keys"))]
+    DirectoryReader = Annotated[Caller, Depends(Require("directory"))]
+    Admin = Annotated[Caller, Depends(Require("admin"))]
+    AuditReader = Annotated[Caller, Depends(Require("audit"))]
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI parses a JSON body before it resolves dependencies: authenticate first anyway.
-        if auth:
-            try:
-                await caller(request)
-            except SREError as err:
-                return errors.error_response(err)
+        # FastAPI parses a JSON body before it resolves dependencies: authenticate and check the
+        # route's right first anyway, so that a caller without it learns nothing of the body's shape.
+        try:
+            who = await caller(request) if auth else None
+            right = _right_of(request.scope.get("route"))
+            if who is not None and right is not None:
+                await runtime.check_access(who, right, _route_name(request))
+        except SREError as err:
+            return errors.error_response(err)
         return errors.validation_response(exc)
 
     @app.get("/healthz", tags=["health"])
@@ -141,32 +198,37 @@ def create_app(
         return JSONResponse({"status": "ready"})
 
     @app.get("/v1/models", tags=["models"])
-    async def list_models(who: Who) -> dict[str, Any]:
+    async def list_models(who: Modeling) -> dict[str, Any]:
         return runtime.list_models()
 
     # -- responses ----------------------------------------------------------------------------
 
     @app.post("/v1/responses", tags=["responses"], response_model=None)
-    async def create_response(body: CreateResponse, who: Who) -> JSONResponse | StreamingResponse:
+    async def create_response(
+        body: CreateResponse, who: Responding, request: Request
+    ) -> JSONResponse | StreamingResponse:
+        if body.user is not None and who.actor_id is None and "act_as" in rights(who):
+            who = await runtime.act_for(who, body.user, _route_name(request))  # OpenAI's `user` field
+            ACTING.set(who.actor_id)
         if body.stream:
             return _event_stream(await runtime.stream_response(who, body))
         return JSONResponse(await runtime.create_response(who, body))
 
     @app.post("/v1/responses/compact", tags=["responses"])
-    async def compact_response(body: CompactResponse, who: Who) -> dict[str, Any]:
+    async def compact_response(body: CompactResponse, who: Responding) -> dict[str, Any]:
         return await runtime.compact_response(who, body)
 
     @app.post("/v1/responses/input_tokens", tags=["responses"])
-    async def count_input_tokens(body: CountInputTokens, who: Who) -> dict[str, Any]:
+    async def count_input_tokens(body: CountInputTokens, who: Modeling) -> dict[str, Any]:
         return await runtime.count_input_tokens(who, body)
 
     @app.post("/v1/embeddings", tags=["embeddings"])
-    async def create_embeddings(body: CreateEmbeddings, who: Who) -> dict[str, Any]:
+    async def create_embeddings(body: CreateEmbeddings, who: Modeling) -> dict[str, Any]:
         return await runtime.create_embeddings(who, body)
 
     @app.get("/v1/usage", tags=["usage"])
     async def usage(
-        who: Who,
+        who: UsageReader,
         start_time: Annotated[int | None, Query(ge=0)] = None,
         end_time: Annotated[int | None, Query(ge=0)] = None,
     ) -> dict[str, Any]:
@@ -175,7 +237,7 @@ def create_app(
     @app.get("/v1/responses/{response_id}", tags=["responses"], response_model=None)
     async def get_response(
         response_id: str,
-        who: Who,
+        who: Responding,
         stream: bool = False,
         starting_after: Annotated[int | None, Query(ge=-1)] = None,
         include: Include = None,
@@ -189,95 +251,97 @@ def create_app(
         return await runtime.get_response(who, response_id, include=wanted)
 
     @app.post("/v1/responses/{response_id}/cancel", tags=["responses"])
-    async def cancel_response(response_id: str, who: Who) -> dict[str, Any]:
+    async def cancel_response(response_id: str, who: Responding) -> dict[str, Any]:
         return await runtime.cancel_response(who, response_id)
 
     @app.delete("/v1/responses/{response_id}", tags=["responses"])
-    async def delete_response(response_id: str, who: Who) -> dict[str, Any]:
+    async def delete_response(response_id: str, who: Responding) -> dict[str, Any]:
         return await runtime.delete_response(who, response_id)
 
     @app.get("/v1/responses/{response_id}/input_items", tags=["responses"])
     async def list_input_items(
-        response_id: str, who: Who, after: After = None, limit: Limit = 20, order: Order = "desc"
+        response_id: str, who: Responding, after: After = None, limit: Limit = 20, order: Order = "desc"
     ) -> dict[str, Any]:
         return await runtime.list_input_items(who, response_id, after=after, limit=limit, order=order)
 
     # -- conversations ------------------------------------------------------------------------
 
     @app.post("/v1/conversations", tags=["conversations"])
-    async def create_conversation(who: Who, body: CreateConversation | None = None) -> dict[str, Any]:
+    async def create_conversation(who: Responding, body: CreateConversation | None = None) -> dict[str, Any]:
         return await runtime.create_conversation(who, body or CreateConversation())
 
     @app.get("/v1/conversations/{conversation_id}", tags=["conversations"])
-    async def get_conversation(conversation_id: str, who: Who) -> dict[str, Any]:
+    async def get_conversation(conversation_id: str, who: Responding) -> dict[str, Any]:
         return await runtime.get_conversation(who, conversation_id)
 
     @app.post("/v1/conversations/{conversation_id}", tags=["conversations"])
-    async def update_conversation(conversation_id: str, body: UpdateConversation, who: Who) -> dict[str, Any]:
+    async def update_conversation(
+        conversation_id: str, body: UpdateConversation, who: Responding
+    ) -> dict[str, Any]:
         return await runtime.update_conversation(who, conversation_id, body)
 
     @app.delete("/v1/conversations/{conversation_id}", tags=["conversations"])
-    async def delete_conversation(conversation_id: str, who: Who) -> dict[str, Any]:
+    async def delete_conversation(conversation_id: str, who: Responding) -> dict[str, Any]:
         return await runtime.delete_conversation(who, conversation_id)
 
     @app.post("/v1/conversations/{conversation_id}/fork", tags=["conversations"])
     async def fork_conversation(
-        conversation_id: str, who: Who, body: ForkConversation | None = None
+        conversation_id: str, who: Responding, body: ForkConversation | None = None
     ) -> dict[str, Any]:
         at = body.item_id if body is not None else None
         return await runtime.fork_conversation(who, conversation_id, at_item_id=at)
 
     @app.post("/v1/conversations/{conversation_id}/items", tags=["conversations"])
-    async def create_items(conversation_id: str, body: CreateItems, who: Who) -> dict[str, Any]:
+    async def create_items(conversation_id: str, body: CreateItems, who: Responding) -> dict[str, Any]:
         return await runtime.create_items(who, conversation_id, body)
 
     @app.get("/v1/conversations/{conversation_id}/items", tags=["conversations"])
     async def list_items(
-        conversation_id: str, who: Who, after: After = None, limit: Limit = 20, order: Order = "desc"
+        conversation_id: str, who: Responding, after: After = None, limit: Limit = 20, order: Order = "desc"
     ) -> dict[str, Any]:
         return await runtime.list_items(who, conversation_id, after=after, limit=limit, order=order)
 
     @app.get("/v1/conversations/{conversation_id}/items/{item_id}", tags=["conversations"])
-    async def get_item(conversation_id: str, item_id: str, who: Who) -> dict[str, Any]:
+    async def get_item(conversation_id: str, item_id: str, who: Responding) -> dict[str, Any]:
         return await runtime.get_item(who, conversation_id, item_id)
 
     @app.delete("/v1/conversations/{conversation_id}/items/{item_id}", tags=["conversations"])
-    async def delete_item(conversation_id: str, item_id: str, who: Who) -> dict[str, Any]:
+    async def delete_item(conversation_id: str, item_id: str, who: Responding) -> dict[str, Any]:
         return await runtime.delete_item(who, conversation_id, item_id)
 
     # -- agents (SRE's own) ---------------------------------------------------------------------
 
     @app.post("/v1/agents", tags=["agents"])
-    async def create_agent(body: AgentDefinition, who: Who) -> dict[str, Any]:
+    async def create_agent(body: AgentDefinition, who: AgentWriter) -> dict[str, Any]:
         return await runtime.create_agent(who, body)
 
     @app.get("/v1/agents", tags=["agents"])
     async def list_agents(
-        who: Who, after: After = None, limit: Limit = 20, order: Order = "asc"
+        who: AgentReader, after: After = None, limit: Limit = 20, order: Order = "asc"
     ) -> dict[str, Any]:
         return await runtime.list_agents(who, after=after, limit=limit, order=order)
 
     @app.get("/v1/agents/{name}", tags=["agents"])
-    async def get_agent(name: str, who: Who, version: Version = None) -> dict[str, Any]:
+    async def get_agent(name: str, who: AgentReader, version: Version = None) -> dict[str, Any]:
         return await runtime.get_agent(who, name, version=version)
 
     @app.post("/v1/agents/{name}", tags=["agents"])
-    async def update_agent(name: str, body: UpdateAgent, who: Who) -> dict[str, Any]:
+    async def update_agent(name: str, body: UpdateAgent, who: AgentWriter) -> dict[str, Any]:
         return await runtime.update_agent(who, name, body)
 
     @app.delete("/v1/agents/{name}", tags=["agents"])
-    async def delete_agent(name: str, who: Who) -> dict[str, Any]:
+    async def delete_agent(name: str, who: AgentWriter) -> dict[str, Any]:
         return await runtime.delete_agent(who, name)
 
     @app.get("/v1/agents/{name}/versions", tags=["agents"])
     async def list_agent_versions(
-        name: str, who: Who, after: Version = None, limit: Limit = 20, order: Order = "desc"
+        name: str, who: AgentReader, after: Version = None, limit: Limit = 20, order: Order = "desc"
     ) -> dict[str, Any]:
         return await runtime.list_agent_versions(who, name, after=after, limit=limit, order=order)
 
     @app.get("/v1/approvals", tags=["approvals"])
     async def list_approvals(
-        who: Who,
+        who: Approving,
         status: ApprovalStatus = None,
         response_id: Annotated[str | None, Query(max_length=64)] = None,
         after: After = None,
@@ -289,7 +353,7 @@ def create_app(
 
     @app.get("/v1/audit", tags=["audit"])
     async def list_audit(
-        who: Who,
+        who: AuditReader,
         action: AuditText = None,
         actor: AuditText = None,
         on_behalf_of: AuditText = None,
@@ -326,17 +390,96 @@ def create_app(
         )
 
     @app.get("/v1/approvals/{approval_id}", tags=["approvals"])
-    async def get_approval(approval_id: str, who: Who) -> dict[str, Any]:
+    async def get_approval(approval_id: str, who: Approving) -> dict[str, Any]:
         return await runtime.get_approval(who, approval_id)
 
     @app.post("/v1/approvals/{approval_id}/approve", tags=["approvals"])
-    async def approve(approval_id: str, who: Who, body: Decision | None = None) -> dict[str, Any]:
+    async def approve(approval_id: str, who: Approving, body: Decision | None = None) -> dict[str, Any]:
         reason = body.reason if body is not None else None
         return await runtime.decide_approval(who, approval_id, approve=True, reason=reason)
 
     @app.post("/v1/approvals/{approval_id}/deny", tags=["approvals"])
-    async def deny(approval_id: str, who: Who, body: Decision | None = None) -> dict[str, Any]:
+    async def deny(approval_id: str, who: Approving, body: Decision | None = None) -> dict[str, Any]:
         reason = body.reason if body is not None else None
         return await runtime.decide_approval(who, approval_id, approve=False, reason=reason)
 
+    # -- the directory: principals, groups, keys (SRE's own) ----------------------------------
+
+    @app.get("/v1/principals", tags=["directory"])
+    async def list_principals(who: DirectoryReader, after: After = None, limit: Limit = 20) -> dict[str, Any]:
+        return await runtime.list_principals(who, after=after, limit=limit)
+
+    @app.post("/v1/principals", tags=["directory"])
+    async def create_principal(body: CreatePrincipal, who: Admin) -> dict[str, Any]:
+        return await runtime.create_principal(who, body)
+
+    @app.get("/v1/principals/{principal}", tags=["directory"])
+    async def get_principal(principal: str, who: DirectoryReader) -> dict[str, Any]:
+        return await runtime.get_principal(who, principal)
+
+    @app.post("/v1/principals/{principal}", tags=["directory"])
+    async def update_principal(principal: str, body: UpdatePrincipal, who: Admin) -> dict[str, Any]:
+        return await runtime.update_principal(who, principal, body)
+
+    @app.get("/v1/groups", tags=["directory"])
+    async def list_groups(who: DirectoryReader, after: After = None, limit: Limit = 20) -> dict[str, Any]:
+        return await runtime.list_groups(who, after=after, limit=limit)
+
+    @app.post("/v1/groups", tags=["directory"])
+    async def create_group(body: CreateGroup, who: Admin) -> dict[str, Any]:
+        return await runtime.create_group(who, body)
+
+    @app.get("/v1/groups/{group}", tags=["directory"])
+    async def get_group(group: str, who: DirectoryReader) -> dict[str, Any]:
+        return await runtime.get_group(who, group)
+
+    @app.delete("/v1/groups/{group}", tags=["directory"])
+    async def delete_group(group: str, who: Admin) -> dict[str, Any]:
+        return await runtime.delete_group(who, group)
+
+    @app.post("/v1/groups/{group}/members", tags=["directory"])
+    async def add_group_member(group: str, body: AddMember, who: Admin) -> dict[str, Any]:
+        return await runtime.add_group_member(who, group, body)
+
+    @app.delete("/v1/groups/{group}/members/{member_id}", tags=["directory"])
+    async def remove_group_member(group: str, member_id: str, who: Admin) -> dict[str, Any]:
+        return await runtime.remove_group_member(who, group, member_id)
+
+    @app.get("/v1/keys", tags=["directory"])
+    async def list_keys(
+        who: KeyHolder,
+        principal: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        after: After = None,
+        limit: Limit = 20,
+    ) -> dict[str, Any]:
+        return await runtime.list_api_keys(who, principal=principal, after=after, limit=limit)
+
+    @app.post("/v1/keys", tags=["directory"])
+    async def create_key(who: KeyHolder, body: CreateKey | None = None) -> dict[str, Any]:
+        return await runtime.create_api_key(who, body or CreateKey())
+
+    @app.get("/v1/keys/{key_id}", tags=["directory"])
+    async def get_key(key_id: str, who: KeyHolder) -> dict[str, Any]:
+        return await runtime.get_api_key(who, key_id)
+
+    @app.delete("/v1/keys/{key_id}", tags=["directory"])
+    async def revoke_key(key_id: str, who: KeyHolder) -> dict[str, Any]:
+        return await runtime.revoke_api_key(who, key_id)
+
+    @app.post("/v1/keys/{key_id}/rotate", tags=["directory"])
+    async def rotate_key(key_id: str, who: KeyHolder, body: RotateKey | None = None) -> dict[str, Any]:
+        return await runtime.rotate_api_key(who, key_id, body)
+
     return app
+
+
+def route_rights(app: FastAPI) -> dict[tuple[str, str], str | None]:
+    """Each route's required right (None: open to anyone, as health checks are), read from the
+    routes' own dependencies: the table docs/governance.md prints."""
+    table: dict[tuple[str, str], str | None] = {}
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        for method in sorted(route.methods or ()):
+            table[(method, route.path)] = _right_of(route)
+    return table

@@ -1,6 +1,7 @@
 """An ASGI middleware that gives every request an id: in the `x-request-id` response header (as
 OpenAI's API does) and, through `sre.types.audit.REQUEST_ID`, in every audit event the request leads
-to (the work it starts in tasks and worker threads carries the id with its context)."""
+to (the work it starts in tasks and worker threads carries the id with its context); and the scope
+within which a service's acting for a user (`sre.types.audit.ACTING`) holds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sre.types.audit import REQUEST_ID
+from sre.types.audit import ACTING, REQUEST_ID
 
 
 class RequestIds:
@@ -28,7 +29,9 @@ class RequestIds:
             await send(message)
 
         token = REQUEST_ID.set(request_id)
+        acting = ACTING.set(None)  # set by the request's authentication when a service acts for a user
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            ACTING.reset(acting)
             REQUEST_ID.reset(token)

@@ -26,6 +26,7 @@ from sre.engine.shapes import stored_response_object
 from sre.engine.turn import PreparedTurn, TurnEngine
 from sre.engine.workers import worker_id
 from sre.store import DecisionCheck, LeaseLost, Store
+from sre.types.audit import ACTING
 from sre.types.errors import Conflict, InvalidRequest, NotFound, SREError
 from sre.types.records import Caller, Lease, RunRecord, StepRecord
 from sre.types.requests import CreateResponse
@@ -60,6 +61,7 @@ class BackgroundRuns:
             reported_model=turn.reported_model,
             agent=turn.body.get("agent"),
             response=turn.snapshot(QUEUED, []),
+            actor=turn.caller.actor_id,
         )
 
     async def start(self, turn: PreparedTurn, *, inline: bool) -> Lease | None:
@@ -394,6 +396,8 @@ class BackgroundRuns:
             self.store, lease, self.lease_seconds, sink, eager=background, events=events
         )
         heartbeat = asyncio.create_task(self._heartbeat(checkpoint))
+        # The audit events of the run name the service acting for its principal, if one is.
+        acting = ACTING.set(run.payload.actor if run is not None else turn.caller.actor_id if turn else None)
         try:
             await self._execute(run, checkpoint, turn)
         except LeaseLost:
@@ -411,6 +415,7 @@ class BackgroundRuns:
             raise
         finally:
             heartbeat.cancel()
+            ACTING.reset(acting)
 
     async def _heartbeat(self, checkpoint: RunCheckpoint) -> None:
         """Renew the lease every third of it; a cancel asked for meanwhile reaches the run here."""
@@ -434,7 +439,10 @@ class BackgroundRuns:
             await self.engine.execute(turn, checkpoint, Journal())
             return
         payload = run.payload
-        caller = Caller(tenant_id=run.tenant_id, principal_id=run.principal_id)
+        grants = await asyncio.to_thread(self.store.directory.grants_of, run.tenant_id, run.principal_id)
+        caller = Caller(
+            tenant_id=run.tenant_id, principal_id=run.principal_id, grants=grants, actor_id=payload.actor
+        )
 
         async def end(status: str, extra: dict[str, Any]) -> None:
             response = {**payload.response, "status": status, **extra}

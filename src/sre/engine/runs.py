@@ -72,7 +72,8 @@ def tool_event(
         action="tool.call",
         resource_type="tool_call",
         resource_id=call["call_id"],
-        actor=turn.caller.principal_id,
+        actor=turn.caller.actor_id or turn.caller.principal_id,
+        on_behalf_of=turn.caller.principal_id if turn.caller.actor_id else None,
         outcome=outcome,
         agent=turn.agent.name if turn.agent is not None else None,
         agent_version=turn.agent.version if turn.agent is not None else None,
@@ -142,6 +143,13 @@ class RunEngine:
         )
         decided = await asyncio.to_thread(self._approvals, tenant_id, response_id) if asks_possible else {}
         client = {t.name for t in turn.request.tools or []}
+        # What the principal the run acts for may use, as of this step (a narrowed grant holds
+        # from the next step on, whatever the run was started with).
+        grants = self.store.directory.cached_grants(tenant_id, turn.caller.principal_id)
+        if grants is None:
+            grants = await asyncio.to_thread(
+                self.store.directory.grants_of, tenant_id, turn.caller.principal_id
+            )
         limits = turn.definition.limits if turn.definition is not None else None
         recorded: list[StepRecord] = []  # outputs known without running anything
         audited: list[AuditEvent] = []  # and what each of them was, for the audit trail
@@ -211,6 +219,13 @@ class RunEngine:
                     "denied",
                     "not_granted",  # the agent was not given it (whatever the model was told)
                 )
+                continue
+            if not grants.allows_tool(name):
+                error = ToolError(
+                    f"Tool '{name}' is not granted to the principal this run acts for; it did not run.",
+                    code="not_granted",
+                )
+                record(call, _error_output(error), "denied", "principal_not_granted")
                 continue
             try:
                 arguments = json.loads(call["arguments"] or "{}")

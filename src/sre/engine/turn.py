@@ -33,8 +33,9 @@ from sre.models.config import ModelRegistry
 from sre.store import Store, TurnCommit
 from sre.tools.catalog import BoundTool, ToolCatalog
 from sre.types.agents import AgentDefinition
+from sre.types.audit import AuditEvent
 from sre.types.context import ContextPolicy
-from sre.types.errors import InvalidRequest
+from sre.types.errors import InvalidRequest, PermissionDenied
 from sre.types.ids import new_id
 from sre.types.items import (
     ID_PREFIX,
@@ -48,6 +49,19 @@ from sre.types.items import (
 from sre.types.records import AgentVersion, Caller, ResponseRecord, Window
 from sre.types.requests import CreateResponse
 from sre.types.status import CANCELLED, FAILED
+
+
+def model_denial(caller: Caller, model: str, agent: AgentVersion | None) -> AuditEvent:
+    return AuditEvent(
+        action="access.denied",
+        resource_type="model",
+        resource_id=model,
+        actor=caller.principal_id,
+        outcome="denied",
+        agent=agent.name if agent is not None else None,
+        agent_version=agent.version if agent is not None else None,
+        details={"reason": "model_not_granted"},
+    )
 
 
 def runs_durably(request: CreateResponse, definition: AgentDefinition | None) -> bool:
@@ -342,6 +356,11 @@ class TurnEngine:
                     param="store",
                 )
         model = self._model(request.model, agent)
+        if not caller.grants.allows_model(model.name):
+            self.store.audit.append(caller.tenant_id, [model_denial(caller, model.name, agent)])
+            raise PermissionDenied(
+                f"Model '{model.name}' is not granted to this principal.", param="model", code="not_granted"
+            )
         items = _with_ids(parse_input_items(request.input))
         model.prompt_counter()  # made here: a local model loads its tokenizer off the event loop
         # The read's bound counts the server-side tools of the registry, not those of MCP servers

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from sre.governance import approval_check
-from sre.governance.rules import may_decide
+from sre.governance.rules import approver_labels, may_decide
 from sre.runtime.base import RuntimeParts
 from sre.types.errors import InvalidRequest, NotFound
 from sre.types.lists import list_object
@@ -52,8 +52,8 @@ class ApprovalsAPI(RuntimeParts):
             )
         if not 1 <= limit <= 100:
             raise InvalidRequest("Invalid value for 'limit': must be between 1 and 100.", param="limit")
-        principal = await asyncio.to_thread(self.auth.principal, caller)
-        seen_by = None if caller.viewer.oversight else (principal.id, principal.name)
+        principal, groups = await asyncio.to_thread(self._identity, caller)
+        seen_by = None if caller.viewer.oversight else approver_labels(principal, groups)
         page = await asyncio.to_thread(
             lambda: self.store.approvals.list(
                 caller.tenant_id,
@@ -66,19 +66,23 @@ class ApprovalsAPI(RuntimeParts):
         )
         return list_object([approval_object(r) for r in page.data], page.has_more)
 
-    async def _visible(self, caller: Caller, approval_id: str) -> tuple[ApprovalRecord, Principal]:
-        """The approval, if the caller's run asked for it, names the caller, or the caller oversees
-        the tenant; else not found."""
+    async def _visible(
+        self, caller: Caller, approval_id: str
+    ) -> tuple[ApprovalRecord, Principal, tuple[str, ...]]:
+        """The approval, if the caller's run asked for it, names the caller (or a group or role of
+        it), or the caller oversees the tenant; else not found."""
         record = await asyncio.to_thread(self.store.approvals.get, caller.tenant_id, approval_id)
-        principal = await asyncio.to_thread(self.auth.principal, caller)
+        principal, groups = await asyncio.to_thread(self._identity, caller)
         if not (
-            caller.viewer.oversight or may_decide(record, principal) or record.principal_id == principal.id
+            caller.viewer.oversight
+            or may_decide(record, principal, groups)
+            or record.principal_id == principal.id
         ):
             raise NotFound(f"Approval with id '{approval_id}' not found.", param="approval_id")
-        return record, principal
+        return record, principal, groups
 
     async def get_approval(self, caller: Caller, approval_id: str) -> dict[str, Any]:
-        record, _ = await self._visible(caller, approval_id)
+        record, _, _ = await self._visible(caller, approval_id)
         return approval_object(record)
 
     async def decide_approval(
@@ -98,12 +102,12 @@ class ApprovalsAPI(RuntimeParts):
                 f"Invalid value for 'reason': expected a string of at most {MAX_REASON} characters.",
                 param="reason",
             )
-        _, principal = await self._visible(caller, approval_id)
+        _, principal, groups = await self._visible(caller, approval_id)
         record, requeued = await asyncio.to_thread(
             lambda: self.store.approvals.decide(
                 caller.tenant_id,
                 approval_id,
-                check=approval_check(principal),
+                check=approval_check(principal, groups),
                 decided_by=principal.name,
                 approve=approve,
                 reason=reason,

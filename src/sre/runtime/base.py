@@ -23,7 +23,7 @@ from sre.store import Store
 from sre.tools.catalog import ToolCatalog
 from sre.types.audit import AuditEvent
 from sre.types.errors import InvalidRequest
-from sre.types.records import Caller
+from sre.types.records import Caller, Principal
 from sre.types.requests import invalid_from_pydantic
 
 M = TypeVar("M", bound=BaseModel)
@@ -61,6 +61,12 @@ class RuntimeParts:
     background: BackgroundRuns
     workers: WorkerPool | None
     warm_embeddings: bool
+
+    def _identity(self, caller: Caller) -> tuple[Principal, tuple[str, ...]]:
+        """The caller's principal and the groups it is in (the directory's and its token's)."""
+        principal = self.auth.principal(caller)
+        stored = self.store.directory.group_names_of(caller.tenant_id, principal.id)
+        return principal, tuple(dict.fromkeys((*stored, *caller.groups)))
 
     async def _oversee(
         self, caller: Caller, owner: str | None, shared: bool, action: str, kind: str, resource_id: str

@@ -12,7 +12,7 @@ from typing import Any
 from sre.engine.shapes import item_list, stored_response_object
 from sre.engine.turn import PreparedTurn
 from sre.governance import approval_check
-from sre.governance.rules import may_decide
+from sre.governance.rules import approver_labels, may_decide
 from sre.runtime.base import RuntimeParts, _coerce, _page_args
 from sre.types.context import ContextManifest
 from sre.types.errors import Conflict, InvalidRequest, ModelError, NotFound
@@ -65,18 +65,18 @@ class ResponsesAPI(RuntimeParts):
     async def _approver_of(self, caller: Caller, run: RunRecord) -> bool:
         """Whether the caller is named as an approver of one of the paused run's open approvals (it
         may answer them through the response, as the run's own principal may)."""
-        principal = await asyncio.to_thread(self.auth.principal, caller)
+        principal, groups = await asyncio.to_thread(self._identity, caller)
         page = await asyncio.to_thread(
             partial(
                 self.store.approvals.list,
                 caller.tenant_id,
                 status="pending",
                 response_id=run.response_id,
-                seen_by=(principal.id, principal.name),
+                seen_by=approver_labels(principal, groups),
                 limit=100,
             )
         )
-        return any(a.approvers and may_decide(a, principal) for a in page.data)
+        return any(a.approvers and may_decide(a, principal, groups) for a in page.data)
 
     async def _resume(self, caller: Caller, run: RunRecord, request: CreateResponse) -> int | None:
         """Apply the answers; the sequence number to follow the resumed run after, or None if it is

@@ -22,6 +22,8 @@ from sre.engine.runs import RunEngine
 from sre.engine.turn import TurnEngine
 from sre.engine.workers import WorkerPool
 from sre.governance import Authenticator
+from sre.governance.access import Access
+from sre.governance.roles import rights
 from sre.models.base import ChatModel
 from sre.models.config import ModelRegistry, local_model_info
 from sre.models.embeddings import EmbeddingModel, EmbeddingRegistry, local_embeddings
@@ -31,6 +33,7 @@ from sre.runtime.approvals import ApprovalsAPI
 from sre.runtime.audit import AuditAPI
 from sre.runtime.compact import CompactAPI
 from sre.runtime.conversations import ConversationsAPI
+from sre.runtime.directory import DirectoryAPI
 from sre.runtime.models import ModelsAPI
 from sre.runtime.responses import ResponsesAPI
 from sre.runtime.settings import Settings
@@ -70,7 +73,9 @@ def tool_catalog(config: Mapping[str, Any], registry: ToolRegistry | None = None
     return ToolCatalog(registry if registry is not None else default_registry, mcp)
 
 
-class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI, AuditAPI):
+class Runtime(
+    ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI, AuditAPI, DirectoryAPI
+):
     """Open with `Runtime.open(...)`; close with `await runtime.aclose()`."""
 
     def __init__(
@@ -87,6 +92,7 @@ class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, 
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry()
         self.tools = tools if tools is not None else ToolCatalog(ToolRegistry())
         self.auth = Authenticator(store, settings.oidc)
+        self.access = Access(store)
         self.context = ContextAssembler(compactor=Compactor(store))
         self.turns = TurnEngine(store, models, self.tools, self.context, settings.context)
         self.engine = RunEngine(store, self.context)
@@ -190,6 +196,16 @@ class Runtime(ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, 
     async def authenticate_header(self, header: str | None) -> Caller:
         """The caller an `Authorization: Bearer` header names."""
         return await asyncio.to_thread(self.auth.from_header, header)
+
+    async def check_access(self, caller: Caller, right: str, route: str) -> None:
+        """`PermissionDenied` (audited) unless the caller holds `right` (`sre.governance.roles`); no
+        store work unless it is refused."""
+        if right not in rights(caller):
+            await asyncio.to_thread(self.access.check, caller, right, route)
+
+    async def act_for(self, caller: Caller, user: str, route: str) -> Caller:
+        """The caller acting for `user` (it needs the `act_as` scope)."""
+        return await asyncio.to_thread(self.access.act_for, caller, user, route)
 
     def local_caller(self) -> Caller:
         """The caller of the embedded, single-user setup (`--no-auth`, first-start key)."""

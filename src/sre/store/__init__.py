@@ -14,6 +14,7 @@ from sre.store.approvals import ApprovalRepository, DecisionCheck
 from sre.store.audit import SYSTEM_TENANT, AuditRepository
 from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
+from sre.store.directory import DirectoryRepository
 from sre.store.keys import KeyRepository, hash_key
 from sre.store.listener import RunListener
 from sre.store.responses import ResponseRepository, TurnCommit
@@ -55,6 +56,7 @@ class Store:
         self.runs = RunRepository(self.db)
         self.approvals = ApprovalRepository(self.db)
         self.audit = AuditRepository(self.db)
+        self.directory = DirectoryRepository(self.db)
 
     @property
     def dialect(self) -> str:

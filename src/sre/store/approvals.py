@@ -92,18 +92,20 @@ class ApprovalRepository:
         response_id: str | None = None,
         after: str | None = None,
         limit: int = 20,
-        seen_by: tuple[str, str] | None = None,
+        seen_by: tuple[str, ...] | None = None,
     ) -> Page:
         """Oldest first; `after` is the id of the last approval of the previous page. With `seen_by`
-        (a principal's id and name), only the approvals of its own runs and those naming it."""
+        (a principal's id, then every approvers entry that names it), only the approvals of its own
+        runs and those naming it."""
         query = sa.select(approvals).where(approvals.c.tenant_id == tenant_id)
         if seen_by is not None:
-            principal_id, name = seen_by
             query = query.where(
                 sa.or_(
-                    approvals.c.principal_id == principal_id,
-                    approvals.c.approvers.contains(json.dumps(principal_id), autoescape=True),
-                    approvals.c.approvers.contains(json.dumps(name), autoescape=True),
+                    approvals.c.principal_id == seen_by[0],
+                    *(
+                        approvals.c.approvers.contains(json.dumps(label), autoescape=True)
+                        for label in seen_by
+                    ),
                 )
             )
         with self.db.read() as conn:

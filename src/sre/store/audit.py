@@ -12,6 +12,7 @@ event against the head; it reports each problem and the first bad position.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy.dialects import postgresql
 from sre.store.database import Database, id_equals
 from sre.store.schema import audit_events, audit_heads
 from sre.types.audit import (
+    ACTING,
     GENESIS,
     REQUEST_ID,
     AuditEvent,
@@ -93,8 +95,11 @@ def append_audit(conn: sa.Connection, tenant_id: str, events: Sequence[AuditEven
     seq, prev = _head(conn, tenant_id)
     now = int(time.time() * 1000)
     current_request = REQUEST_ID.get()
+    acting = ACTING.get()
     records: list[AuditRecord] = []
     for event in events:
+        if acting is not None and event.on_behalf_of is None and event.actor not in (None, acting):
+            event = dataclasses.replace(event, actor=acting, on_behalf_of=event.actor)
         seq += 1
         event_id = new_id("aud")
         details = details_json(event.details)

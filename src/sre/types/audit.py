@@ -23,6 +23,9 @@ GENESIS = "0" * 64  # the "previous hash" of a tenant's first event
 # The id of the API request being served (set by the API's middleware): an event recorded on its
 # behalf, in its task or its worker threads, carries it unless the event names its own.
 REQUEST_ID: ContextVar[str | None] = ContextVar("sre_request_id", default=None)
+# The service principal acting for the request's user (`X-SRE-On-Behalf-Of`): an event whose actor
+# is that user is recorded with the service as `actor` and the user as `on_behalf_of`.
+ACTING: ContextVar[str | None] = ContextVar("sre_acting", default=None)
 
 # The actions SRE records (`GET /v1/audit?action=` filters by them; docs/governance.md lists them).
 ACTIONS: dict[str, str] = {
@@ -37,9 +40,16 @@ ACTIONS: dict[str, str] = {
     "agent.create": "an agent was created",
     "agent.update": "an agent got a new version",
     "agent.delete": "an agent was deleted",
-    "principal.update": "a principal's role was changed",
+    "principal.create": "a principal was created",
+    "principal.update": "a principal's role, grants or disabling was changed",
+    "group.create": "a group was created",
+    "group.delete": "a group was deleted",
+    "group.member.add": "a principal or group was added to a group",
+    "group.member.remove": "a member was removed from a group",
     "key.create": "an API key was created",
+    "key.rotate": "an API key was replaced by a new one (revoked now, or expiring after a grace period)",
     "key.revoke": "an API key was revoked",
+    "access.denied": "a request was refused for want of a right, a scope or a grant",
     "auth.failure": "a request presented a key that is unknown, revoked or expired, or a refused token",
 }
 

@@ -13,12 +13,48 @@ from sre.types.steps import RunPayload, StepData
 
 
 @dataclass(frozen=True, slots=True)
+class Grants:
+    """What runs acting for a principal may use, besides what their agent was given: the names of
+    tools and models (None: any)."""
+
+    tools: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+
+    def allows_tool(self, name: str) -> bool:
+        return self.tools is None or name in self.tools
+
+    def allows_model(self, name: str) -> bool:
+        return self.models is None or name in self.models
+
+    def as_dict(self) -> dict[str, list[str] | None]:
+        return {
+            "tools": None if self.tools is None else list(self.tools),
+            "models": None if self.models is None else list(self.models),
+        }
+
+
+ANY = Grants()
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     tenant_id: str
     id: str
     name: str
     kind: str  # "user", "service" or "agent"
     role: str = "member"  # "admin", "developer", "member" or "auditor" (sre.governance.roles)
+    grants: Grants = ANY
+    created_at: int = 0
+    disabled_at: int | None = None  # its keys and tokens are refused from then on
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    tenant_id: str
+    id: str
+    name: str
+    created_at: int
+    members: tuple[str, ...] = ()  # ids of principals and groups (nested one level)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +67,8 @@ class ApiKey:
     created_at: int
     revoked_at: int | None
     expires_at: int | None = None  # refused from this time on (None: never)
+    scopes: tuple[str, ...] | None = None  # the rights it carries (None: its principal's role's)
+    rotated_from: str | None = None  # the key it replaced
 
 
 ROLES = ("admin", "developer", "member", "auditor")  # what each may do: sre.governance.roles
@@ -64,6 +102,9 @@ class Caller:
     key_id: str | None = None
     role: str = "member"
     groups: tuple[str, ...] = ()  # group names asserted by an identity provider's token (OIDC)
+    scopes: tuple[str, ...] | None = None  # its key's scopes (None: everything its role may)
+    grants: Grants = ANY  # what runs acting for it may use (tools, models)
+    actor_id: str | None = None  # acting for `principal_id`: the service principal that does
 
     @property
     def viewer(self) -> Viewer:

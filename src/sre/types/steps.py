@@ -130,6 +130,7 @@ class RunPayload(BaseModel):
     reported_model: str | None = None
     agent: dict[str, Any] | None = None
     response: dict[str, Any]
+    actor: str | None = None  # the service principal acting for the run's principal, if one is
 
     @model_validator(mode="before")
     @classmethod
