@@ -283,7 +283,7 @@ async def test_an_unknown_agent_is_an_unknown_model(api: Api, store_url: str) ->
 
 async def test_agents_of_another_tenant_do_not_exist(api: Api) -> None:
     await api.ok("POST", "/v1/agents", {"name": "private", "instructions": "secret"})
-    _, other = api.runtime.create_key(f"other-{uuid.uuid4().hex}", "bob")
+    _, other = api.runtime.create_key(f"other-{uuid.uuid4().hex}", "bob", role="developer")
     headers = {"Authorization": f"Bearer {other}"}
     for method, path, body in (
         ("GET", "/v1/agents/private", None),

@@ -38,7 +38,17 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
 def test_help_lists_the_commands() -> None:
     done = sre("--help")
     assert done.returncode == 0
-    for command in ("serve", "chat", "keys", "conversations", "agents", "approvals", "responses", "db"):
+    for command in (
+        "serve",
+        "chat",
+        "keys",
+        "admin",
+        "conversations",
+        "agents",
+        "approvals",
+        "responses",
+        "db",
+    ):
         assert command in done.stdout
 
 
@@ -89,6 +99,39 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert "role must be one of" in one_line_error(
         sre("keys", "create", "--tenant", "acme", "--principal", "zed", "--role", "king", "--data-dir", data)
     )
+
+
+def test_admin_principals_groups_scopes_and_rotation(tmp_path: Path) -> None:
+    data = ["--tenant", "acme", "--data-dir", str(tmp_path / "data")]
+    portal = sre(
+        "keys", "create", "--principal", "portal", "--kind", "service", "--scopes", "responses,act_as", *data
+    )
+    assert portal.returncode == 0, portal.stderr
+    assert "Only a service" in one_line_error(
+        sre("keys", "create", "--principal", "joe", "--scopes", "act_as", *data)
+    )
+    assert "unknown scope" in one_line_error(
+        sre("keys", "create", "--principal", "joe", "--scopes", "fly", *data)
+    )
+    assert sre("admin", "principals", "create", "dana", "--role", "developer", *data).returncode == 0
+    assert "already exists" in one_line_error(sre("admin", "principals", "create", "dana", *data))
+    assert sre("admin", "principals", "update", "dana", "--tools", "lookup,pay", *data).returncode == 0
+    assert "nothing to change" in one_line_error(sre("admin", "principals", "update", "dana", *data))
+    listed = sre("admin", "principals", "list", *data).stdout
+    assert "joe" not in listed, "a refused key creates no principal"
+    assert "dana" in listed and "tools=lookup,pay" in listed and "portal" in listed
+    assert sre("admin", "groups", "create", "eng", "--member", "dana", *data).returncode == 0
+    assert "itself" in one_line_error(sre("admin", "groups", "add", "eng", "eng", *data))
+    assert "No principal or group" in one_line_error(
+        sre("admin", "groups", "create", "ops", "--member", "zz", *data)
+    )
+    groups = sre("admin", "groups", "list", *data).stdout
+    assert "eng" in groups and "ops" not in groups
+    key_id = sre("keys", "list", *data).stdout.splitlines()[1].split()[0]
+    rotated = sre("keys", "rotate", key_id, "--grace", "1h", *data[2:])
+    assert rotated.returncode == 0 and rotated.stdout.strip().startswith("sre-"), rotated.stderr
+    assert "7 days" in one_line_error(sre("keys", "rotate", key_id, "--grace", "9d", *data[2:]))
+    assert sre("admin", "groups", "delete", "eng", *data).returncode == 0
 
 
 def test_conversations_fork_and_agents(tmp_path: Path) -> None:

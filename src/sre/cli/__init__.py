@@ -1,4 +1,4 @@
-"""The `sre` command line: serve, chat, keys, conversations, agents and db, as thin commands over
+"""The `sre` command line: serve, chat, keys, admin, conversations, agents, approvals, audit and db, as thin commands over
 `Runtime`.
 
 Every command parses its flags, calls the runtime (or, for `chat`, the HTTP API), and prints; an
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import sre.cli.admin  # noqa: F401  (registers `sre admin`)
 from sre.cli.commands import app
 
 __all__ = ["app", "main"]

@@ -237,14 +237,26 @@ def keys_create(
         str | None,
         typer.Option("--expires-in", help="Refuse the key after this long: 90m, 12h, 30d (default: never)."),
     ] = None,
+    scopes: Annotated[
+        str | None,
+        typer.Option(
+            "--scopes",
+            help="Rights the key holds, comma-separated (default: all of its role's); act_as only for a "
+            "service principal.",
+        ),
+    ] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help="A new principal's kind: user, service or agent.")
+    ] = "user",
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a key for a principal of a tenant and print it once."""
     lifetime = None if expires_in is None else _duration(expires_in, "--expires-in")
+    wanted = None if scopes is None else [s.strip() for s in scopes.split(",") if s.strip()]
     runtime = _open(data_dir, database_url, None)
     try:
-        key, secret = runtime.create_key(tenant, principal, name, role, lifetime)
+        key, secret = runtime.create_key(tenant, principal, name, role, lifetime, scopes=wanted, kind=kind)
         caller = runtime.tenant_caller(tenant, principal)
         found = runtime.auth.principal(caller)
     finally:
@@ -297,6 +309,31 @@ def keys_revoke(
     finally:
         runtime.close()
     _say(f"Revoked key {key.id}.")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `sre keys list`).")],
+    grace: Annotated[
+        str | None,
+        typer.Option("--grace", help="Keep the old key working this long (90s, 10m, 1h; at most 7d)."),
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Replace a key by a new one (same principal, name, scopes and expiry) and print it once; the old
+    key is revoked at once, or after --grace."""
+    seconds = 0 if grace is None else _duration(grace, "--grace")
+    runtime = _open(data_dir, database_url, None)
+    try:
+        key, secret, old = runtime.rotate_key(key_id, seconds)
+    finally:
+        runtime.close()
+    until = (
+        "now" if old.revoked_at else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(old.expires_at or 0))
+    )
+    _say(f"Created key {key.id} in place of {old.id} (refused from {until}). It is shown only once:")
+    print(secret)
 
 
 @conversations_app.command("fork")

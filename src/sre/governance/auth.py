@@ -12,10 +12,12 @@ import time
 from collections.abc import Sequence
 
 from sre.governance.oidc import OIDCIssuer, looks_like_jwt
+from sre.governance.roles import check_scopes
 from sre.governance.sso import SingleSignOn
 from sre.store import Store
 from sre.store.keys import KEY_PREFIX
-from sre.types.errors import InvalidRequest, Unauthenticated
+from sre.types.directory import MAX_GRACE
+from sre.types.errors import InvalidRequest, NotFound, Unauthenticated
 from sre.types.records import ApiKey, Caller, Principal
 
 LOCAL_TENANT = "default"
@@ -79,6 +81,9 @@ class Authenticator:
         name: str = "default",
         role: str | None = None,
         expires_in: int | None = None,
+        *,
+        scopes: list[str] | None = None,
+        kind: str = "user",
     ) -> tuple[ApiKey, str]:
         """A key for `principal` (created if new, as a `member` unless `role` says otherwise; an
         existing one gets `role` when it is given), refused `expires_in` seconds from now if given."""
@@ -87,12 +92,29 @@ class Authenticator:
                 f"a key's lifetime must be between 1 second and {MAX_KEY_LIFETIME // 86400} days",
                 param="expires_in",
             )
+        checked = None if scopes is None else check_scopes(scopes)
+        tenant_id = self.store.keys.find_tenant(tenant)
+        existing = None if tenant_id is None else self.store.keys.find_principal(tenant_id, principal)
+        actual_kind = existing.kind if existing is not None else kind
+        if checked is not None and "act_as" in checked and actual_kind != "service":
+            raise InvalidRequest(  # before anything is written
+                f"Only a service acts for users: '{principal}' is a {actual_kind} (use --kind service).",
+                param="scopes",
+            )
         tenant_id = self.store.keys.ensure_tenant(tenant)
-        found = self.store.keys.ensure_principal(tenant_id, principal, role=role or "member")
+        found = self.store.keys.ensure_principal(tenant_id, principal, kind, role=role or "member")
         if role is not None and found.role != role:
             found = self.store.keys.set_role(tenant_id, found.id, role)
         expires_at = None if expires_in is None else int(time.time()) + expires_in
-        return self.store.keys.create_key(tenant_id, found.id, name, expires_at=expires_at)
+        return self.store.keys.create_key(tenant_id, found.id, name, expires_at=expires_at, scopes=checked)
+
+    def rotate_key(self, key_id: str, grace_seconds: int = 0) -> tuple[ApiKey, str, ApiKey]:
+        if not 0 <= grace_seconds <= MAX_GRACE:
+            raise InvalidRequest(f"the grace period must be at most {MAX_GRACE // 86400} days", param="grace")
+        key = next((k for k in self.store.keys.list_keys() if k.id == key_id), None)
+        if key is None:
+            raise NotFound(f"No API key with id '{key_id}'.", param="key_id")
+        return self.store.keys.rotate_key(key.tenant_id, key_id, grace_seconds=grace_seconds)
 
     def bootstrap_local_key(self) -> str | None:
         """On the first start of an embedded store, create and return a key for the local user."""

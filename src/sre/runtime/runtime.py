@@ -222,10 +222,19 @@ class Runtime(
         name: str = "default",
         role: str | None = None,
         expires_in: int | None = None,
+        *,
+        scopes: list[str] | None = None,
+        kind: str = "user",
     ) -> tuple[ApiKey, str]:
         """A key for a principal of a tenant (both created if new; a new principal is a `member`
-        unless `role` names another role), expiring `expires_in` seconds from now if given."""
-        return self.auth.create_key(tenant, principal, name, role, expires_in)
+        of `kind` unless `role` names another role), expiring `expires_in` seconds from now if given,
+        holding only `scopes` if given."""
+        return self.auth.create_key(tenant, principal, name, role, expires_in, scopes=scopes, kind=kind)
+
+    def rotate_key(self, key_id: str, grace_seconds: int = 0) -> tuple[ApiKey, str, ApiKey]:
+        """A new key in place of `key_id` (any tenant's: the operator's command); the old one is
+        revoked now or after `grace_seconds`."""
+        return self.auth.rotate_key(key_id, grace_seconds)
 
     def list_keys(self, tenant: str | None = None) -> list[tuple[ApiKey, str, str]]:
         return self.auth.list_keys(tenant)
