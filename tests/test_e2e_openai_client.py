@@ -45,6 +45,8 @@ class Harness:
             self.tenant,
             "--principal",
             "alice",
+            "--role",
+            "developer",
             "--data-dir",
             str(self.data_dir),
         ]
