@@ -20,6 +20,14 @@ def test_cli_reference_is_current() -> None:
     assert (ROOT / "docs" / "cli.md").read_text() == reference(), "run `make docs` and commit docs/cli.md"
 
 
+def test_governance_prints_the_rights_as_enforced() -> None:
+    from sre.api.rights import rights_markdown
+
+    assert rights_markdown() in (ROOT / "docs" / "governance.md").read_text(), (
+        "run `python -m sre.api.rights` and put its tables in docs/governance.md (Rights)"
+    )
+
+
 def test_readme_has_a_two_command_quickstart() -> None:
     readme = (ROOT / "README.md").read_text()
     quickstart = readme.split("## Quickstart", 1)[1].split("```sh", 1)[1].split("```", 1)[0]

@@ -6,8 +6,9 @@ member of tenant A) owns a conversation with items, a stored response, a backgro
 on an approval, and an agent. Each route is called, with its path filled with Alice's ids and a body
 that would be valid for her, by:
 
-  * Bob, another member of tenant A: Alice's conversations, responses and approvals are not found
-    (404, as another tenant's would be), listings do not show them;
+  * Bob, another member of tenant A: Alice's conversations, responses, approvals and keys are not
+    found (404, as another tenant's would be), listings do not show them, and the directory's and
+    the agents' changes are refused for want of the right (403);
   * Bob again, signed in with a token of the OIDC issuer whose users are tenant A's ("sso-bob");
   * Carol, an admin of tenant B: everything of tenant A is not found (404, never 403);
   * a revoked key of Alice's, an expired one, and a key that does not exist: 401 on every route;
