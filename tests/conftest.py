@@ -47,6 +47,32 @@ def pg_url() -> Iterator[str]:
     server.cleanup()
 
 
+APP_ROLE = "sre_app"
+
+
+@pytest.fixture(scope="session")
+def pg_app_url(pg_url: str) -> str:
+    """The test PostgreSQL as a role subject to row-level security (no superuser, no BYPASSRLS), as
+    SRE is meant to connect in production; the schema is migrated first, by the owner."""
+    import sqlalchemy as sa
+
+    Store(pg_url).close()
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        exists = conn.exec_driver_sql("SELECT 1 FROM pg_roles WHERE rolname = %(r)s", {"r": APP_ROLE}).first()
+        if exists is None:
+            conn.exec_driver_sql(f"CREATE ROLE {APP_ROLE} LOGIN PASSWORD 'sre-app' NOSUPERUSER NOBYPASSRLS")
+        database = conn.exec_driver_sql("SELECT current_database()").scalar()
+        conn.exec_driver_sql(f"GRANT CONNECT ON DATABASE {database} TO {APP_ROLE}")
+        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
+        conn.exec_driver_sql(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}"
+        )
+    engine.dispose()
+    url = sa.engine.make_url(pg_url).set(username=APP_ROLE, password="sre-app")
+    return url.render_as_string(hide_password=False)
+
+
 def database_url(backend: str, pg_url: str, tmp_path: Path) -> str:
     return pg_url if backend == "postgresql" else sqlite_url(tmp_path / "data")
 

@@ -29,6 +29,7 @@ from sre.api import create_app
 from sre.api.app import route_rights
 from sre.governance.roles import RIGHTS, ROLE_RIGHTS
 from sre.models import ModelRequest
+from sre.store import sqlite_url
 from sre.testing import FunctionModel, ScriptedToolCall
 from sre.tools import ToolRegistry
 from sre.types.items import FunctionCallOutput
@@ -70,6 +71,14 @@ class World:
 
     def audit(self, action: str) -> list[Any]:
         return self.runtime.store.audit.list(self.tenant_id, filters={"action": action}, limit=100).data
+
+
+@pytest.fixture
+def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """On PostgreSQL, SRE connects as a role subject to row-level security, as in production."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("pg_app_url"))
+    return sqlite_url(tmp_path / "data")
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from fastapi.routing import APIRoute
 from sre import Runtime
 from sre.api import create_app
 from sre.models import ModelRequest
+from sre.store import sqlite_url
 from sre.testing import FunctionModel, ScriptedToolCall
 from sre.tools import ToolRegistry
 from sre.types.items import FunctionCallOutput
@@ -136,6 +137,14 @@ class World:
             headers={"Authorization": f"Bearer {self.keys[who]}"},
             timeout=30,
         )
+
+
+@pytest.fixture
+def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """On PostgreSQL, SRE connects as a role subject to row-level security, as in production."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("pg_app_url"))
+    return sqlite_url(tmp_path / "data")
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from sre.api.request_ids import RequestIds
 from sre.governance.access import ON_BEHALF_OF_HEADER
 from sre.governance.roles import RIGHTS, rights
 from sre.runtime import Runtime
+from sre.store.tenancy import BOUND_TENANT
 from sre.types.agents import MAX_AGENT_VERSION, AgentDefinition, UpdateAgent
 from sre.types.audit import ACTING
 from sre.types.directory import AddMember, CreateGroup, CreateKey, CreatePrincipal, RotateKey, UpdatePrincipal
@@ -146,6 +147,7 @@ def create_app(
             who = await runtime.act_for(who, user, _route_name(request))
         if who.actor_id is not None:
             ACTING.set(who.actor_id)  # reset when the request ends (`RequestIds`)
+        BOUND_TENANT.set(who.tenant_id)  # the rest of the request is the tenant's (row-level security)
         return who
 
     class Require:

@@ -1,7 +1,8 @@
 """An ASGI middleware that gives every request an id: in the `x-request-id` response header (as
 OpenAI's API does) and, through `sre.types.audit.REQUEST_ID`, in every audit event the request leads
 to (the work it starts in tasks and worker threads carries the id with its context); and the scope
-within which a service's acting for a user (`sre.types.audit.ACTING`) holds."""
+within which a service's acting for a user (`sre.types.audit.ACTING`) and the binding of the store's
+transactions to the caller's tenant (`sre.store.tenancy.BOUND_TENANT`) hold."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sre.store.tenancy import BOUND_TENANT
 from sre.types.audit import ACTING, REQUEST_ID
 
 
@@ -30,8 +32,10 @@ class RequestIds:
 
         token = REQUEST_ID.set(request_id)
         acting = ACTING.set(None)  # set by the request's authentication when a service acts for a user
+        tenant = BOUND_TENANT.set(None)  # and the tenant its store work is bound to
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            BOUND_TENANT.reset(tenant)
             ACTING.reset(acting)
             REQUEST_ID.reset(token)

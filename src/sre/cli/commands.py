@@ -140,6 +140,11 @@ def serve(
         runtime.settings.database_url and "PostgreSQL"
     ) or f"SQLite in {runtime.settings.data_dir.resolve()}"
     _say(f"Store ready: {where}")
+    if not runtime.settings.embedded and not runtime.store.row_security_applies():
+        _say(
+            "warning: the database role is a superuser or has BYPASSRLS, so row-level security does "
+            "not apply to SRE's queries; connect as an ordinary role (docs/governance.md)"
+        )
     if runtime.settings.embedded and not no_auth:
         secret = runtime.bootstrap_local_key()
         if secret is not None:

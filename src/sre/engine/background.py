@@ -26,6 +26,7 @@ from sre.engine.shapes import stored_response_object
 from sre.engine.turn import PreparedTurn, TurnEngine
 from sre.engine.workers import worker_id
 from sre.store import DecisionCheck, LeaseLost, Store
+from sre.store.tenancy import BOUND_TENANT
 from sre.types.audit import ACTING
 from sre.types.errors import Conflict, InvalidRequest, NotFound, SREError
 from sre.types.records import Caller, Lease, RunRecord, StepRecord
@@ -398,6 +399,7 @@ class BackgroundRuns:
         heartbeat = asyncio.create_task(self._heartbeat(checkpoint))
         # The audit events of the run name the service acting for its principal, if one is.
         acting = ACTING.set(run.payload.actor if run is not None else turn.caller.actor_id if turn else None)
+        tenant = BOUND_TENANT.set(lease.tenant_id)  # its store work is its tenant's (row-level security)
         try:
             await self._execute(run, checkpoint, turn)
         except LeaseLost:
@@ -415,6 +417,7 @@ class BackgroundRuns:
             raise
         finally:
             heartbeat.cancel()
+            BOUND_TENANT.reset(tenant)
             ACTING.reset(acting)
 
     async def _heartbeat(self, checkpoint: RunCheckpoint) -> None:

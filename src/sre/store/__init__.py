@@ -19,6 +19,7 @@ from sre.store.keys import KeyRepository, hash_key
 from sre.store.listener import RunListener
 from sre.store.responses import ResponseRepository, TurnCommit
 from sre.store.runs import LeaseLost, RunRepository
+from sre.store.tenancy import subject_to_rls
 
 __all__ = [
     "SYSTEM_TENANT",
@@ -57,6 +58,13 @@ class Store:
         self.approvals = ApprovalRepository(self.db)
         self.audit = AuditRepository(self.db)
         self.directory = DirectoryRepository(self.db)
+
+    def row_security_applies(self) -> bool:
+        """Whether PostgreSQL's row-level security binds this store's role (False on SQLite)."""
+        if self.db.dialect != "postgresql":
+            return False
+        with self.db.read() as conn:
+            return subject_to_rls(conn)
 
     @property
     def dialect(self) -> str:

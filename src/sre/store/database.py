@@ -20,6 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from sre.store.tenancy import BOUND_TENANT, bind
 from sre.types.errors import ConfigError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -84,16 +85,22 @@ def id_equals(column: sa.ColumnElement[Any], value: str) -> sa.ColumnElement[boo
 class Database:
     """An engine plus the two kinds of transaction the repositories use."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, synchronous: str = "normal") -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, synchronous: str = "normal", row_security: bool = True
+    ) -> None:
         self.url = normalise_url(url)
         self.engine = create_engine(self.url, pool_size=pool_size, synchronous=synchronous)
         self.dialect = self.engine.dialect.name
         # `UPDATE … RETURNING`: PostgreSQL, and SQLite from 3.35 (older ones take two statements).
         self.returning = self.dialect == "postgresql" or sqlite3.sqlite_version_info >= (3, 35)
+        # PostgreSQL: transactions made for a tenant are bound to it, under row-level security.
+        self.row_security = self.dialect == "postgresql" and row_security
 
     @contextmanager
     def read(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn, conn.begin():
+            if self.row_security and (tenant := BOUND_TENANT.get()) is not None:
+                bind(conn, tenant)
             yield conn
 
     @contextmanager
@@ -101,6 +108,8 @@ class Database:
         with self.engine.connect() as conn:
             conn.execution_options(sre_write=True)
             with conn.begin():
+                if self.row_security and (tenant := BOUND_TENANT.get()) is not None:
+                    bind(conn, tenant)
                 yield conn
 
     def dispose(self) -> None:
