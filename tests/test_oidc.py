@@ -33,6 +33,7 @@ from sre.governance.oidc import OIDCIssuer, TokenRejected, TokenVerifier, issuer
 from sre.runtime.settings import Settings
 from sre.testing import FunctionModel
 from sre.types.errors import ConfigError, Unauthenticated
+from sre.types.records import Grants
 from tests.support.oidc import (
     AUDIENCE,
     ISSUER,
@@ -150,6 +151,25 @@ async def test_refused_tokens_are_401_and_audited(world: World) -> None:
         assert token not in json.dumps(in_tenant + system)
     # No principal was created by a refused token.
     assert world.runtime.store.keys.find_principal(tenant_id, "alice") is None
+
+
+async def test_a_disabled_principals_token_is_refused_and_its_grants_apply(world: World) -> None:
+    token = world.idp.token("dave")
+    async with world.client(token) as dave:
+        assert (await dave.get("/v1/models")).status_code == 200
+    tenant_id = world.runtime.store.keys.find_tenant(world.tenant)
+    assert tenant_id is not None
+    directory = world.runtime.store.directory
+    directory.update_principal(tenant_id, "dave", grants=Grants(models=()))
+    async with world.client(token) as dave:
+        refused = await dave.post("/v1/responses", json={"model": "m", "input": "hi"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_granted"
+    directory.update_principal(tenant_id, "dave", disabled=True)
+    async with world.client(token) as dave:
+        answer = await dave.get("/v1/models")
+        assert answer.status_code == 401 and "disabled" in answer.json()["error"]["message"]
+    events = world.runtime.store.audit.list(tenant_id, filters={"action": "auth.failure"}, limit=10).data
+    assert any("principal_disabled" in e.details for e in events)
 
 
 async def test_first_sight_of_a_principal_from_concurrent_requests(world: World) -> None:

@@ -44,6 +44,12 @@ class SingleSignOn:
         """The caller a token names; `Unauthenticated` (audited) when it is refused."""
         try:
             identity = self.verifier.verify(token)
+            tenant_id = self._tenant_id(identity.issuer.tenant)
+            principal = self._principal(tenant_id, identity)
+            if principal.disabled_at is not None:
+                raise TokenRejected(
+                    "principal_disabled", f"Principal '{principal.name}' is disabled.", issuer=identity.issuer
+                )
         except TokenRejected as exc:
             issuer = exc.issuer
             event = AuditEvent(
@@ -58,10 +64,12 @@ class SingleSignOn:
                 SYSTEM_TENANT if issuer is None else self._tenant_id(issuer.tenant), [event]
             )
             raise Unauthenticated(exc.message, code="invalid_token") from None
-        tenant_id = self._tenant_id(identity.issuer.tenant)
-        principal = self._principal(tenant_id, identity)
         return Caller(
-            tenant_id=tenant_id, principal_id=principal.id, role=principal.role, groups=identity.groups
+            tenant_id=tenant_id,
+            principal_id=principal.id,
+            role=principal.role,
+            groups=identity.groups,
+            grants=principal.grants,
         )
 
     def _tenant_id(self, name: str) -> str:
