@@ -332,6 +332,23 @@ async def test_grants_and_agent_tools_are_checked_at_every_step(world: World) ->
         assert (await bob.post("/v1/responses", json={"model": "m", "input": "hi"})).status_code == 200
 
 
+async def test_the_agents_policy_denies_with_conditions(world: World) -> None:
+    agent = {"name": "careful", "model": "m", "tools": [{"type": "server", "name": "pay"},
+             {"type": "server", "name": "lookup"}],
+             "approval": {"tools_denied": ["lookup"],
+                          "rules": [{"tool": "pay", "argument": "amount", "op": "gt", "value": 3, "effect": "deny"}]}}  # fmt: skip
+    async with world.client("alice") as alice:
+        assert (await alice.post("/v1/agents", json=agent)).status_code == 200
+        for ask in ("call lookup", "call pay"):  # pay of 5: over the limit the rule sets
+            answer = (await alice.post("/v1/responses", json={"model": "agent:careful", "input": ask})).json()
+            assert answer["status"] == "completed" and "policy refuses" in json.dumps(answer["output"])
+        bad = dict(agent, name="bad", approval={"rules": [{"tool": "pay", "effect": "forbid"}]})
+        assert (await alice.post("/v1/agents", json=bad)).status_code == 400
+    assert world.ran == []
+    reasons = [json.loads(e.details)["reason"] for e in world.audit("tool.call")]
+    assert reasons == ["policy_denied", "policy_denied"]
+
+
 async def test_approvers_by_group_and_role(world: World) -> None:
     directory = world.runtime.store.directory
     directory.create_group(world.tenant_id, "finance")

@@ -29,7 +29,7 @@ from sre.engine.step import Continue, End, Pause, StepOutcome, model_step
 from sre.engine.turn import PreparedTurn
 from sre.store import Store
 from sre.tools.base import ToolError
-from sre.tools.policy import needs_approval
+from sre.tools.policy import denied, needs_approval
 from sre.types.audit import AuditEvent, Outcome
 from sre.types.ids import new_id
 from sre.types.items import ITEM_ADAPTER
@@ -235,7 +235,12 @@ class RunEngine:
                 error = ToolError("The arguments are not a JSON object.", code="invalid_arguments")
                 record(call, _error_output(error), "error", "invalid_arguments")
                 continue
-            if row is not None and row.status == "started" and not bound.spec.idempotent:
+            if policy is not None and denied(policy, name, arguments):
+                error = ToolError(
+                    f"The agent's policy refuses tool '{name}' here; it did not run.", code="denied"
+                )
+                record(call, _error_output(error), "denied", "policy_denied")
+            elif row is not None and row.status == "started" and not bound.spec.idempotent:
                 decide(call, arguments, "unknown_outcome")
             elif policy is not None and needs_approval(policy, name, arguments):
                 decide(call, arguments, "approval")

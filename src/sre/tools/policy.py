@@ -1,7 +1,9 @@
-"""Approval policy: whether a tool call must wait for an approver, from an agent's `approval` settings.
+"""Tool policy: whether a tool call is refused, or must wait for an approver, from an agent's
+`approval` settings.
 
-A call needs approval when its tool is listed in `tools_requiring_approval`, or when a rule for its
-tool matches its arguments. Comparisons that do not apply (a number against a string, say) do not
+A call is refused when its tool is listed in `tools_denied` or a `deny` rule for it matches its
+arguments; it needs approval when its tool is listed in `tools_requiring_approval`, or when an
+`approval` rule for its tool matches its arguments. Comparisons that do not apply (a number against a string, say) do not
 match. Pure functions: no I/O.
 """
 
@@ -46,4 +48,15 @@ def _matches(rule: ApprovalRule, arguments: dict[str, Any]) -> bool:
 def needs_approval(policy: AgentApproval, tool: str, arguments: dict[str, Any]) -> bool:
     if tool in policy.tools_requiring_approval:
         return True
-    return any(rule.tool == tool and _matches(rule, arguments) for rule in policy.rules)
+    return any(
+        rule.tool == tool and rule.effect == "approval" and _matches(rule, arguments) for rule in policy.rules
+    )
+
+
+def denied(policy: AgentApproval, tool: str, arguments: dict[str, Any]) -> bool:
+    """Whether the agent's policy refuses this call outright (before any approval is asked)."""
+    if tool in policy.tools_denied:
+        return True
+    return any(
+        rule.tool == tool and rule.effect == "deny" and _matches(rule, arguments) for rule in policy.rules
+    )

@@ -93,24 +93,28 @@ Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exis
 
 
 class ApprovalRule(BaseModel):
-    """A call of `tool` needs approval when its top-level `argument` satisfies `op value`
-    (`exists`: the argument is present; no `argument`: every call)."""
+    """A call of `tool` needs approval (`effect: "deny"`: is refused) when its top-level `argument`
+    satisfies `op value` (`exists`: the argument is present; no `argument`: every call)."""
 
     model_config = _STRICT
     tool: ToolName
     argument: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     op: Operator = "exists"
     value: str | int | float | bool | list[str | int | float | bool] | None = None
+    effect: Literal["approval", "deny"] = "approval"
 
 
 class AgentApproval(BaseModel):
-    """Which tool calls pause a run until an approver decides, and who the approvers are (principal
-    names or ids; none named: the principal the run acts for)."""
+    """The agent's tool policy: which tool calls are refused outright (`tools_denied`, rules with
+    `effect: "deny"`), which pause a run until an approver decides, and who the approvers are
+    (principal names or ids, `group:NAME`, `role:ROLE`; none named: the principal the run acts for).
+    Every other call of a tool the agent was given is allowed."""
 
     model_config = _STRICT
     tools_requiring_approval: Annotated[list[ToolName], Field(max_length=MAX_TOOLS)] = Field(
         default_factory=list
     )
+    tools_denied: Annotated[list[ToolName], Field(max_length=MAX_TOOLS)] = Field(default_factory=list)
     rules: Annotated[list[ApprovalRule], Field(max_length=MAX_TOOLS)] = Field(default_factory=list)
     approvers: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=100)] = (
         Field(default_factory=list)
