@@ -68,8 +68,8 @@ async def world(store_url: str) -> AsyncIterator[World]:
     runtime = Runtime.open(database_url=store_url, models=[model], env={})
     runtime.settings.max_body_bytes = MAX_BODY
     tag = uuid.uuid4().hex
-    _, secret_a = runtime.create_key(f"tenant-a-{tag}", "alice")
-    _, secret_b = runtime.create_key(f"tenant-b-{tag}", "bob")
+    _, secret_a = runtime.create_key(f"tenant-a-{tag}", "alice", role="developer")
+    _, secret_b = runtime.create_key(f"tenant-b-{tag}", "bob", role="developer")
     revoked, secret_revoked = runtime.create_key(f"tenant-a-{tag}", "alice", "old")
     runtime.store.keys.revoke_key(revoked.id)
     app = create_app(runtime)
