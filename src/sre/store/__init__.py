@@ -16,6 +16,7 @@ from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
 from sre.store.keys import KeyRepository, hash_key
 from sre.store.listener import RunListener
+from sre.store.quotas import LimitReached, QuotaRepository
 from sre.store.responses import ResponseRepository, TurnCommit
 from sre.store.runs import LeaseLost, RunRepository
 
@@ -26,6 +27,8 @@ __all__ = [
     "Database",
     "DecisionCheck",
     "LeaseLost",
+    "LimitReached",
+    "QuotaRepository",
     "RunListener",
     "Store",
     "TurnCommit",
@@ -50,9 +53,10 @@ class Store:
             self.db.upgrade()
         self.keys = KeyRepository(self.db)
         self.conversations = ConversationRepository(self.db)
-        self.responses = ResponseRepository(self.db)
+        self.quotas = QuotaRepository(self.db)
+        self.responses = ResponseRepository(self.db, self.quotas)
         self.agents = AgentRepository(self.db)
-        self.runs = RunRepository(self.db)
+        self.runs = RunRepository(self.db, self.quotas)
         self.approvals = ApprovalRepository(self.db)
         self.audit = AuditRepository(self.db)
 

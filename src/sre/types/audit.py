@@ -41,6 +41,8 @@ ACTIONS: dict[str, str] = {
     "key.create": "an API key was created",
     "key.revoke": "an API key was revoked",
     "auth.failure": "a request presented a key that is unknown, revoked or expired",
+    "quota.update": "an admin set or cleared a tenant's, principal's or key's own limits",
+    "quota.exceeded": "a quota refused requests (once per subject, limit and window, not per request)",
 }
 
 

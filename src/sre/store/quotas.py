@@ -1,0 +1,460 @@
+"""Quotas' storage: subjects' own limits, the counters limits are checked against, and the places plain
+turns hold under a concurrency limit.
+
+Requests are counted in fixed one-minute windows, one row per subject and window, each by one atomic
+statement (`INSERT … ON CONFLICT DO UPDATE SET n = n + 1 RETURNING n`); a request bound by several
+limits is counted against each in one transaction, rolled back when one is over, so a refused
+request counts against none and exactly `limit` requests of a window get through, however many
+processes count them. Tokens are counted per UTC day: a subject's counter of the day is made from the
+model call records when a check first needs it, then moved by each model call recorded while a limit
+applies, in the transaction that records the call (`add_tokens`; `meter` says which subjects, and
+without one nothing is done). Concurrent runs are counted, not kept: the subject's runs that hold a
+place (queued, running or paused) and plain turns' unexpired places, in the transaction that adds
+one, under a lock per subject (PostgreSQL: a transaction-level advisory lock taken after the
+conversation's row; SQLite: the write transaction's database lock), so two processes cannot both take
+the last place. Old windows are pruned once a minute per tenant and process. Which limits apply is
+not decided here (`sre.governance.quotas`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as sa_postgresql
+from sqlalchemy.dialects import sqlite as sa_sqlite
+
+from sre.store.audit import append_audit
+from sre.store.database import Database, id_equals
+from sre.store.schema import (
+    RUN_HOLDS_PLACE,
+    api_keys,
+    model_calls,
+    principals,
+    quota_counters,
+    quota_limits,
+    quota_slots,
+    tenants,
+)
+from sre.types.audit import AuditEvent
+from sre.types.ids import new_id
+from sre.types.quotas import DAY, LIMITS, MINUTE, SUBJECTS, Bound, QuotaOverride, Subject
+from sre.types.records import ModelCallRecord
+
+REQUESTS = "requests"
+TOKENS = "tokens"
+_MINUTE_COUNTERS = (REQUESTS, "refused:requests_per_minute", "refused:concurrent_runs")
+_LOCK_CLASS = 7215  # advisory locks of quota subjects (two-key form: apart from the migrations' lock)
+_KEY = (
+    quota_counters.c.tenant_id,
+    quota_counters.c.counter,
+    quota_counters.c.subject,
+    quota_counters.c.subject_id,
+    quota_counters.c.window_start,
+)
+_BUMP: dict[str, Any] = {}
+_ADD_TOKENS = (
+    quota_counters.update()
+    .where(
+        quota_counters.c.tenant_id == sa.bindparam("t"),
+        quota_counters.c.counter == TOKENS,
+        quota_counters.c.subject == sa.bindparam("s"),
+        quota_counters.c.subject_id == sa.bindparam("i"),
+        quota_counters.c.window_start == sa.bindparam("w"),
+    )
+    .values(n=quota_counters.c.n + sa.bindparam("add", type_=sa.BigInteger))
+)
+
+TokenMeter = Callable[[str, str, str | None], Sequence[Subject]]
+
+
+class LimitReached(Exception):
+    """A count would go over `bound`; the transaction that counted it was rolled back."""
+
+    def __init__(self, bound: Bound) -> None:
+        super().__init__(f"{bound.limit} of {bound.subject.kind} {bound.subject.id}")
+        self.bound = bound
+
+
+def _insert(dialect: str) -> Any:
+    return sa_postgresql.insert if dialect == "postgresql" else sa_sqlite.insert
+
+
+def _bump(dialect: str, returning: bool) -> Any:
+    """Add one to a counter (made at 1 if new), returning its count where the database can."""
+    found = _BUMP.get(f"{dialect}/{returning}")
+    if found is None:
+        insert = _insert(dialect)(quota_counters).values(
+            tenant_id=sa.bindparam("t"),
+            counter=sa.bindparam("c"),
+            subject=sa.bindparam("s"),
+            subject_id=sa.bindparam("i"),
+            window_start=sa.bindparam("w"),
+            n=1,
+        )
+        found = insert.on_conflict_do_update(index_elements=list(_KEY), set_={"n": quota_counters.c.n + 1})
+        if returning:
+            found = found.returning(quota_counters.c.n)
+        _BUMP[f"{dialect}/{returning}"] = found
+    return found
+
+
+def _ordered(subjects: Iterable[Subject]) -> list[Subject]:
+    return sorted(set(subjects), key=lambda s: (SUBJECTS.index(s.kind), s.id))
+
+
+def _of(subject: Subject, principal: sa.ColumnElement[Any], key: sa.ColumnElement[Any]) -> Any:
+    """The rows of `subject` in a table that names a principal and a key (the tenant: all of them)."""
+    if subject.kind == "principal":
+        return principal == subject.id
+    if subject.kind == "key":
+        return key == subject.id
+    return sa.true()
+
+
+def _counter_rows(tenant_id: str, counter: str, window: int, subjects: Sequence[Subject]) -> Any:
+    return sa.select(quota_counters.c.subject, quota_counters.c.subject_id, quota_counters.c.n).where(
+        quota_counters.c.tenant_id == tenant_id,
+        quota_counters.c.counter == counter,
+        quota_counters.c.window_start == window,
+        sa.or_(
+            *(
+                sa.and_(quota_counters.c.subject == s.kind, quota_counters.c.subject_id == s.id)
+                for s in subjects
+            )
+        ),
+    )
+
+
+def _runs_holding(dialect: str, kind: str) -> sa.TextClause:
+    # Text, for SQLite's `INDEXED BY`: without statistics it would count a tenant's runs through
+    # `ix_runs_conversation`, every finished background run of the tenant included.
+    hint = " INDEXED BY ix_runs_active" if dialect == "sqlite" else ""
+    column = {"principal": " AND principal_id = :i", "key": " AND key_id = :i"}.get(kind, "")
+    return sa.text(f"SELECT count(*) FROM runs{hint} WHERE tenant_id = :t AND {RUN_HOLDS_PLACE}{column}")
+
+
+def places_held(conn: sa.Connection, tenant_id: str, subject: Subject, now_ms: int) -> int:
+    """The subject's runs that hold a place (queued, running or paused) and plain turns' places."""
+    held = conn.execute(
+        _runs_holding(conn.dialect.name, subject.kind), {"t": tenant_id, "i": subject.id}
+    ).scalar_one()
+    slots = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(quota_slots)
+        .where(
+            quota_slots.c.tenant_id == tenant_id,
+            quota_slots.c.expires_ms > now_ms,
+            _of(subject, quota_slots.c.principal_id, quota_slots.c.key_id),
+        )
+    ).scalar_one()
+    return int(held) + int(slots)
+
+
+def check_places(conn: sa.Connection, tenant_id: str, bounds: Sequence[Bound]) -> None:
+    """In the transaction that adds a run or a place: lock the bounds' subjects, then `LimitReached`
+    for the first that has no place left."""
+    if not bounds:
+        return
+    if conn.dialect.name == "postgresql":
+        for subject in _ordered(b.subject for b in bounds):
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"),
+                {"c": _LOCK_CLASS, "k": f"{tenant_id}/{subject.kind}/{subject.id}"},
+            )
+    now_ms = int(time.time() * 1000)
+    for bound in sorted(bounds, key=lambda b: SUBJECTS.index(b.subject.kind)):
+        if bound.value == 0 or places_held(conn, tenant_id, bound.subject, now_ms) >= bound.value:
+            raise LimitReached(bound)
+
+
+def _day_sum(conn: sa.Connection, tenant_id: str, subject: Subject, day: int) -> int:
+    total = conn.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.sum(model_calls.c.input_tokens + model_calls.c.output_tokens), 0)
+        ).where(
+            model_calls.c.tenant_id == tenant_id,
+            model_calls.c.created_at >= day,
+            model_calls.c.created_at < day + DAY,
+            _of(subject, model_calls.c.principal_id, model_calls.c.key_id),
+        )
+    ).scalar_one()
+    return int(total)
+
+
+def _override(row: Any) -> QuotaOverride:
+    return QuotaOverride(
+        tenant_id=row.tenant_id,
+        subject=Subject(row.subject, row.subject_id),
+        requests_per_minute=row.requests_per_minute,
+        tokens_per_day=row.tokens_per_day,
+        concurrent_runs=row.concurrent_runs,
+        updated_at=row.updated_at,
+    )
+
+
+def _this(tenant_id: str, subject: Subject) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        quota_limits.c.tenant_id == tenant_id,
+        quota_limits.c.subject == subject.kind,
+        quota_limits.c.subject_id == subject.id,
+    )
+
+
+class QuotaRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.meter: TokenMeter | None = None  # which subjects a recorded model call's tokens count for
+        self._pruned: dict[str, int] = {}
+
+    # -- counting ------------------------------------------------------------------------------
+
+    def count_request(self, tenant_id: str, bounds: Sequence[Bound], window: int) -> None:
+        """Count one request of the minute starting at `window` against each bound's subject; on
+        `LimitReached` none is counted."""
+        bump = _bump(self.db.dialect, self.db.returning)
+        with self.db.write() as conn:
+            for bound in sorted(bounds, key=lambda b: SUBJECTS.index(b.subject.kind)):
+                params = {
+                    "t": tenant_id,
+                    "c": REQUESTS,
+                    "s": bound.subject.kind,
+                    "i": bound.subject.id,
+                    "w": window,
+                }
+                if self.db.returning:
+                    n = conn.execute(bump, params).scalar_one()
+                else:
+                    conn.execute(bump, params)
+                    n = conn.execute(_counter_rows(tenant_id, REQUESTS, window, [bound.subject])).one().n
+                if n > bound.value:
+                    raise LimitReached(bound)
+        self._prune(tenant_id, window)
+
+    def tokens_used(self, tenant_id: str, subjects: Sequence[Subject], day: int) -> dict[Subject, int]:
+        """The subjects' tokens of the UTC day starting at `day`; a counter not made yet is made from
+        the model call records."""
+        with self.db.read() as conn:
+            rows = conn.execute(_counter_rows(tenant_id, TOKENS, day, subjects)).all()
+        found = {Subject(r.subject, r.subject_id): int(r.n) for r in rows}
+        missing = [s for s in subjects if s not in found]
+        if missing:
+            with self.db.write() as conn:
+                for subject in missing:
+                    conn.execute(
+                        _insert(self.db.dialect)(quota_counters)
+                        .values(
+                            tenant_id=tenant_id,
+                            counter=TOKENS,
+                            subject=subject.kind,
+                            subject_id=subject.id,
+                            window_start=day,
+                            n=_day_sum(conn, tenant_id, subject, day),
+                        )
+                        .on_conflict_do_nothing()
+                    )
+                rows = conn.execute(_counter_rows(tenant_id, TOKENS, day, missing)).all()
+            found.update({Subject(r.subject, r.subject_id): int(r.n) for r in rows})
+        return found
+
+    def add_tokens(self, conn: sa.Connection, tenant_id: str, calls: Sequence[ModelCallRecord]) -> None:
+        """In the transaction recording `calls`: add their tokens to the day's counters of the subjects
+        the meter names (a counter not made yet is left to be made from the records)."""
+        meter = self.meter
+        if meter is None:
+            return
+        for call in calls:
+            tokens = call.input_tokens + call.output_tokens
+            subjects = meter(tenant_id, call.principal_id, call.key_id) if tokens > 0 else ()
+            at = call.created_at or int(time.time())
+            for subject in _ordered(subjects):
+                params = {"t": tenant_id, "s": subject.kind, "i": subject.id, "w": at - at % DAY}
+                conn.execute(_ADD_TOKENS, {**params, "add": tokens})
+
+    def take_place(
+        self, tenant_id: str, principal_id: str, key_id: str | None, bounds: Sequence[Bound], lifetime: float
+    ) -> str:
+        """A plain turn's place under the bounds (`LimitReached` if one has none left), held for
+        `lifetime` seconds unless renewed; its id."""
+        place = new_id("qp")
+        now_ms = int(time.time() * 1000)
+        with self.db.write() as conn:
+            check_places(conn, tenant_id, bounds)
+            conn.execute(
+                quota_slots.delete().where(
+                    quota_slots.c.tenant_id == tenant_id, quota_slots.c.expires_ms < now_ms - 60_000
+                )
+            )
+            conn.execute(
+                quota_slots.insert().values(
+                    tenant_id=tenant_id,
+                    id=place,
+                    principal_id=principal_id,
+                    key_id=key_id,
+                    expires_ms=now_ms + int(lifetime * 1000),
+                    created_at=now_ms // 1000,
+                )
+            )
+        return place
+
+    def renew_place(self, tenant_id: str, place: str, lifetime: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                quota_slots.update()
+                .where(quota_slots.c.tenant_id == tenant_id, quota_slots.c.id == place)
+                .values(expires_ms=int(time.time() * 1000) + int(lifetime * 1000))
+            )
+
+    def free_place(self, tenant_id: str, place: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                quota_slots.delete().where(quota_slots.c.tenant_id == tenant_id, quota_slots.c.id == place)
+            )
+
+    def note_refusal(self, tenant_id: str, bound: Bound, window: int, event: AuditEvent) -> bool:
+        """Record `event` unless a refusal by the same bound was recorded in this window already."""
+        with self.db.write() as conn:
+            marked = conn.execute(
+                _insert(self.db.dialect)(quota_counters)
+                .values(
+                    tenant_id=tenant_id,
+                    counter=f"refused:{bound.limit}",
+                    subject=bound.subject.kind,
+                    subject_id=bound.subject.id,
+                    window_start=window,
+                    n=1,
+                )
+                .on_conflict_do_nothing()
+            ).rowcount
+            if marked:
+                append_audit(conn, tenant_id, [event])
+        return bool(marked)
+
+    def usage(self, tenant_id: str, subject: Subject, minute: int, day: int) -> dict[str, int]:
+        """What the subject has used of each limit: requests this minute, tokens today, places now."""
+        with self.db.read() as conn:
+            requests = conn.execute(_counter_rows(tenant_id, REQUESTS, minute, [subject])).first()
+            tokens = conn.execute(_counter_rows(tenant_id, TOKENS, day, [subject])).first()
+            return {
+                "requests_per_minute": 0 if requests is None else int(requests.n),
+                "tokens_per_day": _day_sum(conn, tenant_id, subject, day)
+                if tokens is None
+                else int(tokens.n),
+                "concurrent_runs": places_held(conn, tenant_id, subject, int(time.time() * 1000)),
+            }
+
+    def _prune(self, tenant_id: str, window: int) -> None:
+        if window - self._pruned.get(tenant_id, 0) < MINUTE:
+            return
+        self._pruned[tenant_id] = window
+        with self.db.write() as conn:
+            conn.execute(
+                quota_counters.delete().where(
+                    quota_counters.c.tenant_id == tenant_id,
+                    sa.or_(
+                        quota_counters.c.window_start < window - 2 * DAY,
+                        sa.and_(
+                            quota_counters.c.counter.in_(_MINUTE_COUNTERS),
+                            quota_counters.c.window_start < window - 2 * MINUTE,
+                        ),
+                    ),
+                )
+            )
+
+    # -- overrides -----------------------------------------------------------------------------
+
+    def overrides(self, tenant_id: str) -> list[QuotaOverride]:
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(quota_limits).where(quota_limits.c.tenant_id == tenant_id))
+            return [_override(r) for r in rows]
+
+    def set_override(
+        self, tenant_id: str, subject: Subject, changes: dict[str, int | None], *, actor: str | None, day: int
+    ) -> QuotaOverride | None:
+        """Set the limits `changes` names (None: back to the default), audited as `quota.update`; the
+        override, or None when nothing of it is left. The subject's token counter of `day` is made
+        again from the records at its next check (tokens recorded while no limit applied count too)."""
+        now = int(time.time())
+        with self.db.write() as conn:
+            row = conn.execute(
+                sa.select(quota_limits).where(_this(tenant_id, subject)).with_for_update()
+            ).first()
+            before = {limit: None if row is None else row._mapping[limit] for limit in LIMITS}
+            after = {**before, **changes}
+            if row is not None:
+                conn.execute(quota_limits.delete().where(_this(tenant_id, subject)))
+            if any(v is not None for v in after.values()):
+                conn.execute(
+                    quota_limits.insert().values(
+                        tenant_id=tenant_id,
+                        subject=subject.kind,
+                        subject_id=subject.id,
+                        updated_at=now,
+                        **after,
+                    )
+                )
+            conn.execute(
+                quota_counters.delete().where(
+                    quota_counters.c.tenant_id == tenant_id,
+                    quota_counters.c.counter == TOKENS,
+                    quota_counters.c.subject == subject.kind,
+                    quota_counters.c.subject_id == subject.id,
+                    quota_counters.c.window_start == day,
+                )
+            )
+            event = AuditEvent(
+                action="quota.update",
+                resource_type="quota",
+                resource_id=f"{subject.kind}:{subject.id}",
+                actor=actor,
+                details={"subject": subject.kind, "subject_id": subject.id, **after, "was": before},
+            )
+            append_audit(conn, tenant_id, [event])
+        if all(v is None for v in after.values()):
+            return None
+        return QuotaOverride(tenant_id, subject, updated_at=now, **after)
+
+    # -- subjects ------------------------------------------------------------------------------
+
+    def find_subject(self, tenant_id: str, kind: str, ref: str | None) -> Subject | None:
+        """The tenant's subject that `ref` names (a principal by id or name, a key by id; the tenant by
+        its id or name, or None); None when the tenant has no such one."""
+        with self.db.read() as conn:
+            if kind == "tenant":
+                if ref is None or ref == tenant_id:
+                    return Subject("tenant", tenant_id)
+                name = conn.execute(sa.select(tenants.c.name).where(tenants.c.id == tenant_id)).scalar()
+                return Subject("tenant", tenant_id) if ref == name else None
+            if ref is None:
+                return None
+            if kind == "principal":
+                found = conn.execute(
+                    sa.select(principals.c.id).where(
+                        principals.c.tenant_id == tenant_id,
+                        sa.or_(id_equals(principals.c.id, ref), id_equals(principals.c.name, ref)),
+                    )
+                ).scalar()
+            else:
+                found = conn.execute(
+                    sa.select(api_keys.c.id).where(
+                        api_keys.c.tenant_id == tenant_id, id_equals(api_keys.c.id, ref)
+                    )
+                ).scalar()
+        return None if found is None else Subject(kind, str(found))
+
+    def subject_name(self, tenant_id: str, subject: Subject) -> str:
+        """How a refusal names the subject: a tenant's or principal's name, a key's id."""
+        if subject.kind == "key":
+            return subject.id
+        with self.db.read() as conn:
+            if subject.kind == "tenant":
+                name = conn.execute(sa.select(tenants.c.name).where(tenants.c.id == subject.id)).scalar()
+            else:
+                name = conn.execute(
+                    sa.select(principals.c.name).where(
+                        principals.c.tenant_id == tenant_id, principals.c.id == subject.id
+                    )
+                ).scalar()
+        return subject.id if name is None else str(name)
