@@ -81,6 +81,9 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/v1/approvals/{approval_id}"): ("private", None),
     ("POST", "/v1/approvals/{approval_id}/approve"): ("private", {}),
     ("POST", "/v1/approvals/{approval_id}/deny"): ("private", {}),
+    ("GET", "/v1/quotas"): ("own", None),
+    ("POST", "/v1/quotas"): ("own", {"subject": "principal", "id": "{alice}", "requests_per_minute": 0}),
+    ("DELETE", "/v1/quotas"): ("own", None),
 }
 # Extra probes of routes whose query changes what they do.
 VARIANTS: list[tuple[str, str, dict[str, str]]] = [
@@ -88,6 +91,8 @@ VARIANTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/v1/responses/{response_id}", {"include[]": "context_manifest"}),
     ("GET", "/v1/approvals", {"response_id": "{bg}"}),
     ("GET", "/v1/audit", {"resource_id": "{conv}"}),
+    ("GET", "/v1/quotas", {"subject": "principal", "id": "{alice}"}),  # an admin's look at Alice's
+    ("DELETE", "/v1/quotas", {"subject": "principal", "id": "{alice}"}),
 ]
 
 

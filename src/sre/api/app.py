@@ -1,5 +1,5 @@
-"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents, approvals and
-audit trail, over `Runtime`.
+"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents, approvals,
+audit trail and quotas, over `Runtime`.
 
 Routes parse input (pydantic models shared with the Python API), resolve the caller from the
 bearer key, call one `Runtime` method and shape the result. Nothing else happens here.
@@ -23,6 +23,7 @@ from sre.api.request_ids import RequestIds
 from sre.runtime import Runtime
 from sre.types.agents import MAX_AGENT_VERSION, AgentDefinition, UpdateAgent
 from sre.types.errors import SREError
+from sre.types.quotas import SetQuota
 from sre.types.records import Caller
 from sre.types.requests import (
     CompactResponse,
@@ -48,6 +49,8 @@ class Decision(BaseModel):
 
 
 ApprovalStatus = Annotated[str | None, Query(pattern="^(pending|approved|denied|cancelled)$")]
+SubjectKind = Annotated[str | None, Query(pattern="^(tenant|principal|key)$")]
+QuotaId = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
 class ForkConversation(BaseModel):
@@ -112,9 +115,16 @@ def create_app(
     app.add_middleware(RequestIds)  # outermost: even a refused body has its id
 
     async def caller(request: Request) -> Caller:
-        if not auth:
-            return runtime.local_caller()
-        return await runtime.authenticate_header(request.headers.get("authorization"))
+        """Who is asking; each request is counted once against its rate limits (429 over one)."""
+        found: Caller | None = getattr(request.state, "sre_caller", None)
+        if found is None:
+            if not auth:
+                found = runtime.local_caller()
+            else:
+                found = await runtime.authenticate_header(request.headers.get("authorization"))
+            await runtime.admit(found)
+            request.state.sre_caller = found
+        return found
 
     Who = Annotated[Caller, Depends(caller)]
 
@@ -324,6 +334,18 @@ def create_app(
             limit=limit,
             order=order,
         )
+
+    @app.get("/v1/quotas", tags=["quotas"])
+    async def get_quotas(who: Who, subject: SubjectKind = None, id: QuotaId = None) -> dict[str, Any]:
+        return await runtime.get_quotas(who, subject=subject, id=id)
+
+    @app.post("/v1/quotas", tags=["quotas"])
+    async def set_quota(body: SetQuota, who: Who) -> dict[str, Any]:
+        return await runtime.set_quota(who, body)
+
+    @app.delete("/v1/quotas", tags=["quotas"])
+    async def delete_quota(who: Who, subject: SubjectKind, id: QuotaId = None) -> dict[str, Any]:
+        return await runtime.delete_quota(who, subject=subject, id=id)
 
     @app.get("/v1/approvals/{approval_id}", tags=["approvals"])
     async def get_approval(approval_id: str, who: Who) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 The embedded default is `./.sre/sre.db`; `SRE_DATABASE_URL` (or `--database-url`) selects
 PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models, a `[server]` table, the Python modules
-that register server-side tools (`[tools] modules`), the MCP servers (`[mcp_servers.LABEL]`) and the
-context defaults of plain turns (`[context]`).
+that register server-side tools (`[tools] modules`), the MCP servers (`[mcp_servers.LABEL]`), the
+context defaults of plain turns (`[context]`) and the default quotas of each kind of subject
+(`[quotas.tenant]`, `[quotas.principal]`, `[quotas.key]`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from sre.context import ContextDefaults
 from sre.governance.auth import LOCAL_PRINCIPAL, LOCAL_TENANT
+from sre.governance.quotas import QuotaDefaults
 from sre.models.config import read_toml
 from sre.types.errors import ConfigError
 
@@ -36,6 +38,7 @@ class Settings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long a worker's claim on a run lasts unrenewed
     context: ContextDefaults = field(default_factory=ContextDefaults)
     sqlite_synchronous: str = "normal"  # "full": every commit synced to disk (survives power loss)
+    quotas: QuotaDefaults = field(default_factory=QuotaDefaults)  # limits of every subject of a kind
 
     @property
     def embedded(self) -> bool:
@@ -65,6 +68,7 @@ class Settings:
             "tools",
             "mcp_servers",
             "context",
+            "quotas",
         }
         if unknown:
             raise ConfigError(f"unknown top-level keys in config: {', '.join(sorted(unknown))}")
@@ -94,4 +98,5 @@ class Settings:
             max_body_bytes=max_body,
             lease_seconds=lease,
             context=ContextDefaults.from_config(config.get("context")),
+            quotas=QuotaDefaults.from_config(config.get("quotas")),
         )
