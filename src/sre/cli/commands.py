@@ -559,6 +559,14 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
     _say(f"Done: schema at revision {after}.")
 
 
+admin_app = typer.Typer(help="Administer a tenant: its quotas.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(admin_app, name="admin")
+
+from sre.cli.quotas import quotas_app  # noqa: E402  (it builds on the options above)
+
+admin_app.add_typer(quotas_app, name="quotas")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; turn every expected failure into one line on stderr."""
     import sqlalchemy.exc
