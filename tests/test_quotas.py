@@ -316,13 +316,15 @@ async def test_bad_overrides_are_refused_and_write_nothing(make_world: Factory) 
 async def test_a_change_reaches_another_process_within_a_second(make_world: Factory) -> None:
     first = await make_world("")
     second = await make_world("")  # another runtime over the same store: as another process
-    second.keys = first.keys
+    second.keys, second.runtime.quotas.clock = first.keys, first.clock
     assert (await second.call("b1", "GET", "/v1/models")).status_code == 200  # its cache: no overrides
     bob = {"subject": "principal", "id": "bob", "requests_per_minute": 0}
     assert (await first.call("root", "POST", "/v1/quotas", bob)).status_code == 200
     refused(await first.call("b1", "GET", "/v1/models"))  # at once where it was made
     await asyncio.sleep(1.1)
     assert "blocked for principal 'bob'" in refused(await second.call("b1", "GET", "/v1/models"))
+    events = (await first.call("root", "GET", "/v1/audit", action="quota.exceeded")).json()["data"]
+    assert len(events) == 1  # one window, one event, whichever process refused
 
 
 async def test_the_openai_client_sees_a_rate_limit_error(make_world: Factory) -> None:

@@ -12,8 +12,10 @@ without one nothing is done). Concurrent runs are counted, not kept: the subject
 place (queued, running or paused) and plain turns' unexpired places, in the transaction that adds
 one, under a lock per subject (PostgreSQL: a transaction-level advisory lock taken after the
 conversation's row; SQLite: the write transaction's database lock), so two processes cannot both take
-the last place. Old windows are pruned once a minute per tenant and process. Which limits apply is
-not decided here (`sre.governance.quotas`).
+the last place. Old windows are pruned once a minute per tenant and process. On PostgreSQL, the
+commits of counts and places do not wait for the disk (`synchronous_commit` off for them): a crash of
+the database may lose their last moments, nothing else. Which limits apply is not decided here
+(`sre.governance.quotas`).
 """
 
 from __future__ import annotations
@@ -82,9 +84,9 @@ def _insert(dialect: str) -> Any:
     return sa_postgresql.insert if dialect == "postgresql" else sa_sqlite.insert
 
 
-def _bump(dialect: str, returning: bool) -> Any:
-    """Add one to a counter (made at 1 if new), returning its count where the database can."""
-    found = _BUMP.get(f"{dialect}/{returning}")
+def _bump(dialect: str) -> Any:
+    """Add one to a counter still under `limit` (made at 1 if new); a row count of 0: it was not."""
+    found = _BUMP.get(dialect)
     if found is None:
         insert = _insert(dialect)(quota_counters).values(
             tenant_id=sa.bindparam("t"),
@@ -94,63 +96,118 @@ def _bump(dialect: str, returning: bool) -> Any:
             window_start=sa.bindparam("w"),
             n=1,
         )
-        found = insert.on_conflict_do_update(index_elements=list(_KEY), set_={"n": quota_counters.c.n + 1})
-        if returning:
-            found = found.returning(quota_counters.c.n)
-        _BUMP[f"{dialect}/{returning}"] = found
+        found = _BUMP[dialect] = insert.on_conflict_do_update(
+            index_elements=list(_KEY),
+            set_={"n": quota_counters.c.n + 1},
+            where=quota_counters.c.n < sa.bindparam("limit", type_=sa.BigInteger),
+        ).execution_options(preserve_rowcount=True)  # an INSERT's row count is kept only when asked
     return found
+
+
+def _relaxed(conn: sa.Connection) -> None:
+    """Counts and places may lose their last moments to a crash of PostgreSQL (a few requests counted
+    less, a place that lapses in a minute): their commits do not wait for the disk."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
 def _ordered(subjects: Iterable[Subject]) -> list[Subject]:
     return sorted(set(subjects), key=lambda s: (SUBJECTS.index(s.kind), s.id))
 
 
-def _of(subject: Subject, principal: sa.ColumnElement[Any], key: sa.ColumnElement[Any]) -> Any:
-    """The rows of `subject` in a table that names a principal and a key (the tenant: all of them)."""
-    if subject.kind == "principal":
-        return principal == subject.id
-    if subject.kind == "key":
-        return key == subject.id
+def _of(kind: str, principal: sa.ColumnElement[Any], key: sa.ColumnElement[Any], value: Any) -> Any:
+    """The rows of a subject of `kind` in a table that names a principal and a key (a tenant: all)."""
+    if kind == "principal":
+        return principal == value
+    if kind == "key":
+        return key == value
     return sa.true()
 
 
-def _counter_rows(tenant_id: str, counter: str, window: int, subjects: Sequence[Subject]) -> Any:
-    return sa.select(quota_counters.c.subject, quota_counters.c.subject_id, quota_counters.c.n).where(
-        quota_counters.c.tenant_id == tenant_id,
-        quota_counters.c.counter == counter,
-        quota_counters.c.window_start == window,
-        sa.or_(
-            *(
-                sa.and_(quota_counters.c.subject == s.kind, quota_counters.c.subject_id == s.id)
-                for s in subjects
+# Statements of the paths every request or turn may take, built once with bound parameters (building
+# SQLAlchemy statements afresh cost more than running them).
+_COUNTERS: dict[int, Any] = {}
+_HOLDING: dict[tuple[str, str], tuple[Any, Any]] = {}
+_NEW_PLACE = quota_slots.insert()
+_PLACE = sa.and_(quota_slots.c.tenant_id == sa.bindparam("t"), quota_slots.c.id == sa.bindparam("p"))
+_FREE_PLACE = quota_slots.delete().where(_PLACE)
+_RENEW_PLACE = (
+    quota_slots.update().where(_PLACE).values(expires_ms=sa.bindparam("until", type_=sa.BigInteger))
+)
+_LOCK = sa.text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))")
+_SWEEP_PLACES = quota_slots.delete().where(
+    quota_slots.c.tenant_id == sa.bindparam("t"), quota_slots.c.expires_ms < sa.bindparam("before")
+)
+
+
+def _counter_rows(count: int) -> Any:
+    """The counters of `count` subjects in one window (parameters: `_counter_params`)."""
+    found = _COUNTERS.get(count)
+    if found is None:
+        found = _COUNTERS[count] = sa.select(
+            quota_counters.c.subject, quota_counters.c.subject_id, quota_counters.c.n
+        ).where(
+            quota_counters.c.tenant_id == sa.bindparam("t"),
+            quota_counters.c.counter == sa.bindparam("c"),
+            quota_counters.c.window_start == sa.bindparam("w"),
+            sa.or_(
+                *(
+                    sa.and_(
+                        quota_counters.c.subject == sa.bindparam(f"s{k}"),
+                        quota_counters.c.subject_id == sa.bindparam(f"i{k}"),
+                    )
+                    for k in range(count)
+                )
+            ),
+        )
+    return found
+
+
+def _counter_params(tenant_id: str, counter: str, window: int, subjects: Sequence[Subject]) -> dict[str, Any]:
+    params: dict[str, Any] = {"t": tenant_id, "c": counter, "w": window}
+    for k, subject in enumerate(subjects):
+        params[f"s{k}"], params[f"i{k}"] = subject.kind, subject.id
+    return params
+
+
+def _counters(
+    conn: sa.Connection, tenant_id: str, counter: str, window: int, subjects: Sequence[Subject]
+) -> Any:
+    return conn.execute(_counter_rows(len(subjects)), _counter_params(tenant_id, counter, window, subjects))
+
+
+def _holding(dialect: str, kind: str) -> tuple[Any, Any]:
+    """Two counts of a subject of `kind` (parameters t, i, now): its runs that hold a place, and plain
+    turns' places."""
+    found = _HOLDING.get((dialect, kind))
+    if found is None:
+        # Runs: text, for SQLite's `INDEXED BY`: without statistics it would count a tenant's runs
+        # through `ix_runs_conversation`, every finished background run of the tenant included.
+        hint = " INDEXED BY ix_runs_active" if dialect == "sqlite" else ""
+        column = {"principal": " AND principal_id = :i", "key": " AND key_id = :i"}.get(kind, "")
+        runs = sa.text(f"SELECT count(*) FROM runs{hint} WHERE tenant_id = :t AND {RUN_HOLDS_PLACE}{column}")
+        places = (
+            sa.select(sa.func.count())
+            .select_from(quota_slots)
+            .where(
+                quota_slots.c.tenant_id == sa.bindparam("t"),
+                quota_slots.c.expires_ms > sa.bindparam("now"),
+                _of(kind, quota_slots.c.principal_id, quota_slots.c.key_id, sa.bindparam("i")),
             )
-        ),
-    )
-
-
-def _runs_holding(dialect: str, kind: str) -> sa.TextClause:
-    # Text, for SQLite's `INDEXED BY`: without statistics it would count a tenant's runs through
-    # `ix_runs_conversation`, every finished background run of the tenant included.
-    hint = " INDEXED BY ix_runs_active" if dialect == "sqlite" else ""
-    column = {"principal": " AND principal_id = :i", "key": " AND key_id = :i"}.get(kind, "")
-    return sa.text(f"SELECT count(*) FROM runs{hint} WHERE tenant_id = :t AND {RUN_HOLDS_PLACE}{column}")
+        )
+        found = _HOLDING[(dialect, kind)] = (runs, places)
+    return found
 
 
 def places_held(conn: sa.Connection, tenant_id: str, subject: Subject, now_ms: int) -> int:
     """The subject's runs that hold a place (queued, running or paused) and plain turns' places."""
-    held = conn.execute(
-        _runs_holding(conn.dialect.name, subject.kind), {"t": tenant_id, "i": subject.id}
-    ).scalar_one()
-    slots = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(quota_slots)
-        .where(
-            quota_slots.c.tenant_id == tenant_id,
-            quota_slots.c.expires_ms > now_ms,
-            _of(subject, quota_slots.c.principal_id, quota_slots.c.key_id),
-        )
-    ).scalar_one()
-    return int(held) + int(slots)
+    runs, places = _holding(conn.dialect.name, subject.kind)
+    if subject.kind == "tenant":
+        params: dict[str, Any] = {"t": tenant_id, "now": now_ms}
+    else:
+        params = {"t": tenant_id, "i": subject.id, "now": now_ms}
+    held = conn.execute(runs, params).scalar_one()
+    return int(held) + int(conn.execute(places, params).scalar_one())
 
 
 def check_places(conn: sa.Connection, tenant_id: str, bounds: Sequence[Bound]) -> None:
@@ -160,10 +217,7 @@ def check_places(conn: sa.Connection, tenant_id: str, bounds: Sequence[Bound]) -
         return
     if conn.dialect.name == "postgresql":
         for subject in _ordered(b.subject for b in bounds):
-            conn.execute(
-                sa.text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"),
-                {"c": _LOCK_CLASS, "k": f"{tenant_id}/{subject.kind}/{subject.id}"},
-            )
+            conn.execute(_LOCK, {"c": _LOCK_CLASS, "k": f"{tenant_id}/{subject.kind}/{subject.id}"})
     now_ms = int(time.time() * 1000)
     for bound in sorted(bounds, key=lambda b: SUBJECTS.index(b.subject.kind)):
         if bound.value == 0 or places_held(conn, tenant_id, bound.subject, now_ms) >= bound.value:
@@ -178,7 +232,7 @@ def _day_sum(conn: sa.Connection, tenant_id: str, subject: Subject, day: int) ->
             model_calls.c.tenant_id == tenant_id,
             model_calls.c.created_at >= day,
             model_calls.c.created_at < day + DAY,
-            _of(subject, model_calls.c.principal_id, model_calls.c.key_id),
+            _of(subject.kind, model_calls.c.principal_id, model_calls.c.key_id, subject.id),
         )
     ).scalar_one()
     return int(total)
@@ -208,40 +262,49 @@ class QuotaRepository:
         self.db = db
         self.meter: TokenMeter | None = None  # which subjects a recorded model call's tokens count for
         self._pruned: dict[str, int] = {}
+        self._swept: dict[str, int] = {}
 
     # -- counting ------------------------------------------------------------------------------
 
     def count_request(self, tenant_id: str, bounds: Sequence[Bound], window: int) -> None:
-        """Count one request of the minute starting at `window` against each bound's subject; on
-        `LimitReached` none is counted."""
-        bump = _bump(self.db.dialect, self.db.returning)
-        with self.db.write() as conn:
-            for bound in sorted(bounds, key=lambda b: SUBJECTS.index(b.subject.kind)):
-                params = {
-                    "t": tenant_id,
-                    "c": REQUESTS,
-                    "s": bound.subject.kind,
-                    "i": bound.subject.id,
-                    "w": window,
-                }
-                if self.db.returning:
-                    n = conn.execute(bump, params).scalar_one()
-                else:
-                    conn.execute(bump, params)
-                    n = conn.execute(_counter_rows(tenant_id, REQUESTS, window, [bound.subject])).one().n
-                if n > bound.value:
-                    raise LimitReached(bound)
+        """Count one request of the minute starting at `window` against each bound's subject (each
+        limit at least 1); on `LimitReached` none is counted."""
+        bump = _bump(self.db.dialect)
+        ordered = sorted(bounds, key=lambda b: SUBJECTS.index(b.subject.kind))
+        params = [
+            {
+                "t": tenant_id,
+                "c": REQUESTS,
+                "s": b.subject.kind,
+                "i": b.subject.id,
+                "w": window,
+                "limit": b.value,
+            }
+            for b in ordered
+        ]
+        if self.db.dialect == "postgresql" and len(ordered) == 1:
+            # One statement, committed by itself: one round trip to the server instead of four.
+            with self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                if conn.execute(bump, params[0]).rowcount == 0:
+                    raise LimitReached(ordered[0])
+        else:
+            with self.db.write() as conn:
+                _relaxed(conn)
+                for bound, one in zip(ordered, params, strict=True):
+                    if conn.execute(bump, one).rowcount == 0:
+                        raise LimitReached(bound)  # and the counts before it roll back
         self._prune(tenant_id, window)
 
     def tokens_used(self, tenant_id: str, subjects: Sequence[Subject], day: int) -> dict[Subject, int]:
         """The subjects' tokens of the UTC day starting at `day`; a counter not made yet is made from
         the model call records."""
         with self.db.read() as conn:
-            rows = conn.execute(_counter_rows(tenant_id, TOKENS, day, subjects)).all()
+            rows = _counters(conn, tenant_id, TOKENS, day, subjects).all()
         found = {Subject(r.subject, r.subject_id): int(r.n) for r in rows}
         missing = [s for s in subjects if s not in found]
         if missing:
             with self.db.write() as conn:
+                _relaxed(conn)
                 for subject in missing:
                     conn.execute(
                         _insert(self.db.dialect)(quota_counters)
@@ -255,7 +318,7 @@ class QuotaRepository:
                         )
                         .on_conflict_do_nothing()
                     )
-                rows = conn.execute(_counter_rows(tenant_id, TOKENS, day, missing)).all()
+                rows = _counters(conn, tenant_id, TOKENS, day, missing).all()
             found.update({Subject(r.subject, r.subject_id): int(r.n) for r in rows})
         return found
 
@@ -280,38 +343,29 @@ class QuotaRepository:
         `lifetime` seconds unless renewed; its id."""
         place = new_id("qp")
         now_ms = int(time.time() * 1000)
+        row = {"tenant_id": tenant_id, "id": place, "principal_id": principal_id, "key_id": key_id}
         with self.db.write() as conn:
+            _relaxed(conn)
             check_places(conn, tenant_id, bounds)
+            if now_ms - self._swept.get(tenant_id, 0) > 60_000:  # places of processes that died
+                self._swept[tenant_id] = now_ms
+                conn.execute(_SWEEP_PLACES, {"t": tenant_id, "before": now_ms - 60_000})
             conn.execute(
-                quota_slots.delete().where(
-                    quota_slots.c.tenant_id == tenant_id, quota_slots.c.expires_ms < now_ms - 60_000
-                )
-            )
-            conn.execute(
-                quota_slots.insert().values(
-                    tenant_id=tenant_id,
-                    id=place,
-                    principal_id=principal_id,
-                    key_id=key_id,
-                    expires_ms=now_ms + int(lifetime * 1000),
-                    created_at=now_ms // 1000,
-                )
+                _NEW_PLACE, {**row, "expires_ms": now_ms + int(lifetime * 1000), "created_at": now_ms // 1000}
             )
         return place
 
     def renew_place(self, tenant_id: str, place: str, lifetime: float) -> None:
         with self.db.write() as conn:
+            _relaxed(conn)
             conn.execute(
-                quota_slots.update()
-                .where(quota_slots.c.tenant_id == tenant_id, quota_slots.c.id == place)
-                .values(expires_ms=int(time.time() * 1000) + int(lifetime * 1000))
+                _RENEW_PLACE, {"t": tenant_id, "p": place, "until": int((time.time() + lifetime) * 1000)}
             )
 
     def free_place(self, tenant_id: str, place: str) -> None:
         with self.db.write() as conn:
-            conn.execute(
-                quota_slots.delete().where(quota_slots.c.tenant_id == tenant_id, quota_slots.c.id == place)
-            )
+            _relaxed(conn)
+            conn.execute(_FREE_PLACE, {"t": tenant_id, "p": place})
 
     def note_refusal(self, tenant_id: str, bound: Bound, window: int, event: AuditEvent) -> bool:
         """Record `event` unless a refusal by the same bound was recorded in this window already."""
@@ -327,6 +381,7 @@ class QuotaRepository:
                     n=1,
                 )
                 .on_conflict_do_nothing()
+                .execution_options(preserve_rowcount=True)
             ).rowcount
             if marked:
                 append_audit(conn, tenant_id, [event])
@@ -335,8 +390,8 @@ class QuotaRepository:
     def usage(self, tenant_id: str, subject: Subject, minute: int, day: int) -> dict[str, int]:
         """What the subject has used of each limit: requests this minute, tokens today, places now."""
         with self.db.read() as conn:
-            requests = conn.execute(_counter_rows(tenant_id, REQUESTS, minute, [subject])).first()
-            tokens = conn.execute(_counter_rows(tenant_id, TOKENS, day, [subject])).first()
+            requests = _counters(conn, tenant_id, REQUESTS, minute, [subject]).first()
+            tokens = _counters(conn, tenant_id, TOKENS, day, [subject]).first()
             return {
                 "requests_per_minute": 0 if requests is None else int(requests.n),
                 "tokens_per_day": _day_sum(conn, tenant_id, subject, day)
