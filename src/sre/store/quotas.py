@@ -127,7 +127,7 @@ def _of(kind: str, principal: sa.ColumnElement[Any], key: sa.ColumnElement[Any],
 # Statements of the paths every request or turn may take, built once with bound parameters (building
 # SQLAlchemy statements afresh cost more than running them).
 _COUNTERS: dict[int, Any] = {}
-_HOLDING: dict[tuple[str, str], tuple[Any, Any]] = {}
+_HOLDING: dict[tuple[str, str], sa.TextClause] = {}
 _NEW_PLACE = quota_slots.insert()
 _PLACE = sa.and_(quota_slots.c.tenant_id == sa.bindparam("t"), quota_slots.c.id == sa.bindparam("p"))
 _FREE_PLACE = quota_slots.delete().where(_PLACE)
@@ -176,38 +176,28 @@ def _counters(
     return conn.execute(_counter_rows(len(subjects)), _counter_params(tenant_id, counter, window, subjects))
 
 
-def _holding(dialect: str, kind: str) -> tuple[Any, Any]:
-    """Two counts of a subject of `kind` (parameters t, i, now): its runs that hold a place, and plain
-    turns' places."""
+def _holding(dialect: str, kind: str) -> sa.TextClause:
+    """One count of a subject of `kind` (parameters t, i, now): its runs that hold a place, and plain
+    turns' unexpired places. Text, for SQLite's `INDEXED BY`: without statistics it would count a
+    tenant's runs through `ix_runs_conversation`, every finished background run of the tenant
+    included."""
     found = _HOLDING.get((dialect, kind))
     if found is None:
-        # Runs: text, for SQLite's `INDEXED BY`: without statistics it would count a tenant's runs
-        # through `ix_runs_conversation`, every finished background run of the tenant included.
         hint = " INDEXED BY ix_runs_active" if dialect == "sqlite" else ""
-        column = {"principal": " AND principal_id = :i", "key": " AND key_id = :i"}.get(kind, "")
-        runs = sa.text(f"SELECT count(*) FROM runs{hint} WHERE tenant_id = :t AND {RUN_HOLDS_PLACE}{column}")
-        places = (
-            sa.select(sa.func.count())
-            .select_from(quota_slots)
-            .where(
-                quota_slots.c.tenant_id == sa.bindparam("t"),
-                quota_slots.c.expires_ms > sa.bindparam("now"),
-                _of(kind, quota_slots.c.principal_id, quota_slots.c.key_id, sa.bindparam("i")),
-            )
+        runs = {"principal": " AND principal_id = :i", "key": " AND key_id = :i"}.get(kind, "")
+        found = _HOLDING[(dialect, kind)] = sa.text(
+            f"SELECT (SELECT count(*) FROM runs{hint} WHERE tenant_id = :t AND {RUN_HOLDS_PLACE}{runs})"
+            f" + (SELECT count(*) FROM quota_slots WHERE tenant_id = :t AND expires_ms > :now{runs})"
         )
-        found = _HOLDING[(dialect, kind)] = (runs, places)
     return found
 
 
 def places_held(conn: sa.Connection, tenant_id: str, subject: Subject, now_ms: int) -> int:
     """The subject's runs that hold a place (queued, running or paused) and plain turns' places."""
-    runs, places = _holding(conn.dialect.name, subject.kind)
-    if subject.kind == "tenant":
-        params: dict[str, Any] = {"t": tenant_id, "now": now_ms}
-    else:
-        params = {"t": tenant_id, "i": subject.id, "now": now_ms}
-    held = conn.execute(runs, params).scalar_one()
-    return int(held) + int(conn.execute(places, params).scalar_one())
+    params: dict[str, Any] = {"t": tenant_id, "now": now_ms}
+    if subject.kind != "tenant":
+        params["i"] = subject.id
+    return int(conn.execute(_holding(conn.dialect.name, subject.kind), params).scalar_one())
 
 
 def check_places(conn: sa.Connection, tenant_id: str, bounds: Sequence[Bound]) -> None:
@@ -282,11 +272,9 @@ class QuotaRepository:
             }
             for b in ordered
         ]
-        if self.db.dialect == "postgresql" and len(ordered) == 1:
-            # One statement, committed by itself: one round trip to the server instead of four.
-            with self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                if conn.execute(bump, params[0]).rowcount == 0:
-                    raise LimitReached(ordered[0])
+        if len(ordered) == 1:
+            if self._alone(bump, params[0]) == 0:
+                raise LimitReached(ordered[0])
         else:
             with self.db.write() as conn:
                 _relaxed(conn)
@@ -356,16 +344,19 @@ class QuotaRepository:
         return place
 
     def renew_place(self, tenant_id: str, place: str, lifetime: float) -> None:
-        with self.db.write() as conn:
-            _relaxed(conn)
-            conn.execute(
-                _RENEW_PLACE, {"t": tenant_id, "p": place, "until": int((time.time() + lifetime) * 1000)}
-            )
+        self._alone(_RENEW_PLACE, {"t": tenant_id, "p": place, "until": int((time.time() + lifetime) * 1000)})
 
     def free_place(self, tenant_id: str, place: str) -> None:
+        self._alone(_FREE_PLACE, {"t": tenant_id, "p": place})
+
+    def _alone(self, statement: Any, params: dict[str, Any]) -> int:
+        """Run one statement in a transaction of its own; its row count. On PostgreSQL, committed by
+        itself: one round trip to the server instead of four."""
+        if self.db.dialect == "postgresql":
+            with self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return int(conn.execute(statement, params).rowcount)
         with self.db.write() as conn:
-            _relaxed(conn)
-            conn.execute(_FREE_PLACE, {"t": tenant_id, "p": place})
+            return int(conn.execute(statement, params).rowcount)
 
     def note_refusal(self, tenant_id: str, bound: Bound, window: int, event: AuditEvent) -> bool:
         """Record `event` unless a refusal by the same bound was recorded in this window already."""
