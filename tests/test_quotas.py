@@ -327,6 +327,26 @@ async def test_a_change_reaches_another_process_within_a_second(make_world: Fact
     assert len(events) == 1  # one window, one event, whichever process refused
 
 
+async def test_tokens_of_runs_another_process_executes_are_counted(make_world: Factory) -> None:
+    api = await make_world("")
+    alice = {"subject": "principal", "id": "alice", "tokens_per_day": 10**6}
+    assert (await api.call("root", "POST", "/v1/quotas", alice)).status_code == 200
+    queued = await api.call(
+        "a1", "POST", "/v1/responses", {"model": "m", "input": "later", "background": True}
+    )
+    assert queued.status_code == 200, queued.text  # its check made alice's counter of the day
+    worker = await make_world("")  # another process, executing runs only: it never saw the override
+    worker.runtime.start_workers(1)
+    deadline = time.monotonic() + 10
+    while (await api.call("a1", "GET", f"/v1/responses/{queued.json()['id']}")).json()[
+        "status"
+    ] != "completed":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    mine = (await api.call("a1", "GET", "/v1/quotas")).json()["data"]
+    assert next(q for q in mine if q["subject"] == "principal")["tokens_per_day"]["used"] > 0
+
+
 async def test_the_openai_client_sees_a_rate_limit_error(make_world: Factory) -> None:
     w = await make_world("[quotas.key]\nrequests_per_minute = 1\n")
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(w.runtime)))

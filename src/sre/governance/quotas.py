@@ -115,12 +115,15 @@ class Quotas:
 
     def bounds(self, caller: Caller, limit: str) -> list[Bound]:
         """The bounds of `limit` on the caller's subjects, reading the tenant's overrides if stale."""
-        found = self.cached(caller, limit)
-        if found is not None:
-            return found
-        read = {o.subject: o for o in self.store.quotas.overrides(caller.tenant_id)}
-        self._overrides[caller.tenant_id] = (time.monotonic(), read)
-        return self._bind(caller, limit, read)
+        return self._bind(caller, limit, self._read(caller.tenant_id))
+
+    def _read(self, tenant_id: str) -> dict[Subject, QuotaOverride]:
+        entry = self._overrides.get(tenant_id)
+        if entry is not None and time.monotonic() - entry[0] <= CACHE_SECONDS:
+            return entry[1]
+        read = {o.subject: o for o in self.store.quotas.overrides(tenant_id)}
+        self._overrides[tenant_id] = (time.monotonic(), read)
+        return read
 
     def _bind(self, caller: Caller, limit: str, overrides: Mapping[Subject, QuotaOverride]) -> list[Bound]:
         found = []
@@ -134,11 +137,11 @@ class Quotas:
         return found
 
     def metered(self, tenant_id: str, principal_id: str, key_id: str | None) -> list[Subject]:
-        """The subjects whose token counters a model call adds to (from memory only: it runs inside
-        the transaction that records the call)."""
-        entry = self._overrides.get(tenant_id)
+        """The subjects whose token counters a model call adds to. It runs in the transaction that
+        records the call: the overrides come from memory, read again (on a connection of their own)
+        only when stale — in a process that executes runs but serves no request, once a second."""
         caller = Caller(tenant_id=tenant_id, principal_id=principal_id, key_id=key_id)
-        return [b.subject for b in self._bind(caller, TOKENS_PER_DAY, entry[1] if entry else {})]
+        return [b.subject for b in self._bind(caller, TOKENS_PER_DAY, self._read(tenant_id))]
 
     def forget(self, tenant_id: str) -> None:
         """Read the tenant's overrides again at its next request (this process changed them)."""
