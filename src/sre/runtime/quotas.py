@@ -72,14 +72,14 @@ class QuotasAPI(RuntimeParts):
             return None
         tenant_id = caller.tenant_id
         place = await asyncio.to_thread(
-            self.store.quotas.take_place, tenant_id, caller.principal_id, caller.key_id, bounds, PLACE_SECONDS
+            self.store.places.take_place, tenant_id, caller.principal_id, caller.key_id, bounds, PLACE_SECONDS
         )
 
         async def renew() -> None:
             while True:
                 await asyncio.sleep(RENEW_SECONDS)
                 try:
-                    await asyncio.to_thread(self.store.quotas.renew_place, tenant_id, place, PLACE_SECONDS)
+                    await asyncio.to_thread(self.store.places.renew_place, tenant_id, place, PLACE_SECONDS)
                 except Exception as exc:  # the place lapses unless a later beat succeeds
                     log.warning("could not renew a plain turn's place: %s", exc)
 
@@ -87,7 +87,7 @@ class QuotasAPI(RuntimeParts):
 
         async def free() -> None:
             renewing.cancel()
-            await asyncio.to_thread(self.store.quotas.free_place, tenant_id, place)
+            await asyncio.to_thread(self.store.places.free_place, tenant_id, place)
 
         return free
 

@@ -16,7 +16,8 @@ from sre.store.conversations import ConversationRepository
 from sre.store.database import Database, normalise_url
 from sre.store.keys import KeyRepository, hash_key
 from sre.store.listener import RunListener
-from sre.store.quotas import LimitReached, QuotaRepository
+from sre.store.places import LimitReached, PlaceRepository
+from sre.store.quotas import QuotaRepository
 from sre.store.responses import ResponseRepository, TurnCommit
 from sre.store.runs import LeaseLost, RunRepository
 
@@ -28,6 +29,7 @@ __all__ = [
     "DecisionCheck",
     "LeaseLost",
     "LimitReached",
+    "PlaceRepository",
     "QuotaRepository",
     "RunListener",
     "Store",
@@ -54,6 +56,7 @@ class Store:
         self.keys = KeyRepository(self.db)
         self.conversations = ConversationRepository(self.db)
         self.quotas = QuotaRepository(self.db)
+        self.places = PlaceRepository(self.db)
         self.responses = ResponseRepository(self.db, self.quotas)
         self.agents = AgentRepository(self.db)
         self.runs = RunRepository(self.db, self.quotas)

@@ -1,27 +1,24 @@
-"""Quotas' storage: subjects' own limits, the counters limits are checked against, and the places plain
-turns hold under a concurrency limit.
+"""Quotas' storage: subjects' own limits and the counters limits are checked against (the places
+under concurrency limits are `sre.store.places`').
 
 Requests are counted in fixed one-minute windows, one row per subject and window, each by one atomic
-statement (`INSERT … ON CONFLICT DO UPDATE SET n = n + 1 RETURNING n`); a request bound by several
-limits is counted against each in one transaction, rolled back when one is over, so a refused
-request counts against none and exactly `limit` requests of a window get through, however many
-processes count them. Tokens are counted per UTC day: a subject's counter of the day is made from the
-model call records when a check first needs it, then moved by each model call recorded while a limit
-applies, in the transaction that records the call (`add_tokens`; `meter` says which subjects, and
-without one nothing is done). Concurrent runs are counted, not kept: the subject's runs that hold a
-place (queued, running or paused) and plain turns' unexpired places, in the transaction that adds
-one, under a lock per subject (PostgreSQL: a transaction-level advisory lock taken after the
-conversation's row; SQLite: the write transaction's database lock), so two processes cannot both take
-the last place. Old windows are pruned once a minute per tenant and process. On PostgreSQL, the
-commits of counts and places do not wait for the disk (`synchronous_commit` off for them): a crash of
-the database may lose their last moments, nothing else. Which limits apply is not decided here
-(`sre.governance.quotas`).
+statement, an upsert that counts only below the limit (`INSERT … ON CONFLICT DO UPDATE SET n = n + 1
+WHERE n < limit`; a row count of 0: over); a request bound by several limits is counted against each
+in one transaction, rolled back when one is over, so a refused request counts against none and
+exactly `limit` requests of a window get through, however many processes count them. Tokens are
+counted per UTC day: a subject's counter of the day is made from the model call records when a check
+first needs it, then moved by each model call recorded while a limit applies, in the transaction that
+records the call (`add_tokens`; `meter` says which subjects, and without one nothing is done). A
+refusal leaves a mark per subject, limit and window, so that it is audited once. Old windows are
+pruned once a minute per tenant and process. On PostgreSQL, the commits of counts do not wait for
+the disk (`synchronous_commit` off for them): a crash of the database may lose their last moments,
+nothing else. Which limits apply is not decided here (`sre.governance.quotas`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,25 +27,22 @@ from sqlalchemy.dialects import sqlite as sa_sqlite
 
 from sre.store.audit import append_audit
 from sre.store.database import Database, id_equals
+from sre.store.places import LimitReached, commit_alone, ordered, places_held, relaxed
 from sre.store.schema import (
-    RUN_HOLDS_PLACE,
     api_keys,
     model_calls,
     principals,
     quota_counters,
     quota_limits,
-    quota_slots,
     tenants,
 )
 from sre.types.audit import AuditEvent
-from sre.types.ids import new_id
 from sre.types.quotas import DAY, LIMITS, MINUTE, SUBJECTS, Bound, QuotaOverride, Subject
 from sre.types.records import ModelCallRecord
 
 REQUESTS = "requests"
 TOKENS = "tokens"
 _MINUTE_COUNTERS = (REQUESTS, "refused:requests_per_minute", "refused:concurrent_runs")
-_LOCK_CLASS = 7215  # advisory locks of quota subjects (two-key form: apart from the migrations' lock)
 _KEY = (
     quota_counters.c.tenant_id,
     quota_counters.c.counter,
@@ -70,14 +64,6 @@ _ADD_TOKENS = (
 )
 
 TokenMeter = Callable[[str, str, str | None], Sequence[Subject]]
-
-
-class LimitReached(Exception):
-    """A count would go over `bound`; the transaction that counted it was rolled back."""
-
-    def __init__(self, bound: Bound) -> None:
-        super().__init__(f"{bound.limit} of {bound.subject.kind} {bound.subject.id}")
-        self.bound = bound
 
 
 def _insert(dialect: str) -> Any:
@@ -104,17 +90,6 @@ def _bump(dialect: str) -> Any:
     return found
 
 
-def _relaxed(conn: sa.Connection) -> None:
-    """Counts and places may lose their last moments to a crash of PostgreSQL (a few requests counted
-    less, a place that lapses in a minute): their commits do not wait for the disk."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-
-
-def _ordered(subjects: Iterable[Subject]) -> list[Subject]:
-    return sorted(set(subjects), key=lambda s: (SUBJECTS.index(s.kind), s.id))
-
-
 def _of(kind: str, principal: sa.ColumnElement[Any], key: sa.ColumnElement[Any], value: Any) -> Any:
     """The rows of a subject of `kind` in a table that names a principal and a key (a tenant: all)."""
     if kind == "principal":
@@ -127,17 +102,6 @@ def _of(kind: str, principal: sa.ColumnElement[Any], key: sa.ColumnElement[Any],
 # Statements of the paths every request or turn may take, built once with bound parameters (building
 # SQLAlchemy statements afresh cost more than running them).
 _COUNTERS: dict[int, Any] = {}
-_HOLDING: dict[tuple[str, str], sa.TextClause] = {}
-_NEW_PLACE = quota_slots.insert()
-_PLACE = sa.and_(quota_slots.c.tenant_id == sa.bindparam("t"), quota_slots.c.id == sa.bindparam("p"))
-_FREE_PLACE = quota_slots.delete().where(_PLACE)
-_RENEW_PLACE = (
-    quota_slots.update().where(_PLACE).values(expires_ms=sa.bindparam("until", type_=sa.BigInteger))
-)
-_LOCK = sa.text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))")
-_SWEEP_PLACES = quota_slots.delete().where(
-    quota_slots.c.tenant_id == sa.bindparam("t"), quota_slots.c.expires_ms < sa.bindparam("before")
-)
 
 
 def _counter_rows(count: int) -> Any:
@@ -174,44 +138,6 @@ def _counters(
     conn: sa.Connection, tenant_id: str, counter: str, window: int, subjects: Sequence[Subject]
 ) -> Any:
     return conn.execute(_counter_rows(len(subjects)), _counter_params(tenant_id, counter, window, subjects))
-
-
-def _holding(dialect: str, kind: str) -> sa.TextClause:
-    """One count of a subject of `kind` (parameters t, i, now): its runs that hold a place, and plain
-    turns' unexpired places. Text, for SQLite's `INDEXED BY`: without statistics it would count a
-    tenant's runs through `ix_runs_conversation`, every finished background run of the tenant
-    included."""
-    found = _HOLDING.get((dialect, kind))
-    if found is None:
-        hint = " INDEXED BY ix_runs_active" if dialect == "sqlite" else ""
-        runs = {"principal": " AND principal_id = :i", "key": " AND key_id = :i"}.get(kind, "")
-        found = _HOLDING[(dialect, kind)] = sa.text(
-            f"SELECT (SELECT count(*) FROM runs{hint} WHERE tenant_id = :t AND {RUN_HOLDS_PLACE}{runs})"
-            f" + (SELECT count(*) FROM quota_slots WHERE tenant_id = :t AND expires_ms > :now{runs})"
-        )
-    return found
-
-
-def places_held(conn: sa.Connection, tenant_id: str, subject: Subject, now_ms: int) -> int:
-    """The subject's runs that hold a place (queued, running or paused) and plain turns' places."""
-    params: dict[str, Any] = {"t": tenant_id, "now": now_ms}
-    if subject.kind != "tenant":
-        params["i"] = subject.id
-    return int(conn.execute(_holding(conn.dialect.name, subject.kind), params).scalar_one())
-
-
-def check_places(conn: sa.Connection, tenant_id: str, bounds: Sequence[Bound]) -> None:
-    """In the transaction that adds a run or a place: lock the bounds' subjects, then `LimitReached`
-    for the first that has no place left."""
-    if not bounds:
-        return
-    if conn.dialect.name == "postgresql":
-        for subject in _ordered(b.subject for b in bounds):
-            conn.execute(_LOCK, {"c": _LOCK_CLASS, "k": f"{tenant_id}/{subject.kind}/{subject.id}"})
-    now_ms = int(time.time() * 1000)
-    for bound in sorted(bounds, key=lambda b: SUBJECTS.index(b.subject.kind)):
-        if bound.value == 0 or places_held(conn, tenant_id, bound.subject, now_ms) >= bound.value:
-            raise LimitReached(bound)
 
 
 def _day_sum(conn: sa.Connection, tenant_id: str, subject: Subject, day: int) -> int:
@@ -252,7 +178,6 @@ class QuotaRepository:
         self.db = db
         self.meter: TokenMeter | None = None  # which subjects a recorded model call's tokens count for
         self._pruned: dict[str, int] = {}
-        self._swept: dict[str, int] = {}
 
     # -- counting ------------------------------------------------------------------------------
 
@@ -273,11 +198,11 @@ class QuotaRepository:
             for b in ordered
         ]
         if len(ordered) == 1:
-            if self._alone(bump, params[0]) == 0:
+            if commit_alone(self.db, bump, params[0]) == 0:
                 raise LimitReached(ordered[0])
         else:
             with self.db.write() as conn:
-                _relaxed(conn)
+                relaxed(conn)
                 for bound, one in zip(ordered, params, strict=True):
                     if conn.execute(bump, one).rowcount == 0:
                         raise LimitReached(bound)  # and the counts before it roll back
@@ -292,7 +217,7 @@ class QuotaRepository:
         missing = [s for s in subjects if s not in found]
         if missing:
             with self.db.write() as conn:
-                _relaxed(conn)
+                relaxed(conn)
                 for subject in missing:
                     conn.execute(
                         _insert(self.db.dialect)(quota_counters)
@@ -320,43 +245,9 @@ class QuotaRepository:
             tokens = call.input_tokens + call.output_tokens
             subjects = meter(tenant_id, call.principal_id, call.key_id) if tokens > 0 else ()
             at = call.created_at or int(time.time())
-            for subject in _ordered(subjects):
+            for subject in ordered(subjects):
                 params = {"t": tenant_id, "s": subject.kind, "i": subject.id, "w": at - at % DAY}
                 conn.execute(_ADD_TOKENS, {**params, "add": tokens})
-
-    def take_place(
-        self, tenant_id: str, principal_id: str, key_id: str | None, bounds: Sequence[Bound], lifetime: float
-    ) -> str:
-        """A plain turn's place under the bounds (`LimitReached` if one has none left), held for
-        `lifetime` seconds unless renewed; its id."""
-        place = new_id("qp")
-        now_ms = int(time.time() * 1000)
-        row = {"tenant_id": tenant_id, "id": place, "principal_id": principal_id, "key_id": key_id}
-        with self.db.write() as conn:
-            _relaxed(conn)
-            check_places(conn, tenant_id, bounds)
-            if now_ms - self._swept.get(tenant_id, 0) > 60_000:  # places of processes that died
-                self._swept[tenant_id] = now_ms
-                conn.execute(_SWEEP_PLACES, {"t": tenant_id, "before": now_ms - 60_000})
-            conn.execute(
-                _NEW_PLACE, {**row, "expires_ms": now_ms + int(lifetime * 1000), "created_at": now_ms // 1000}
-            )
-        return place
-
-    def renew_place(self, tenant_id: str, place: str, lifetime: float) -> None:
-        self._alone(_RENEW_PLACE, {"t": tenant_id, "p": place, "until": int((time.time() + lifetime) * 1000)})
-
-    def free_place(self, tenant_id: str, place: str) -> None:
-        self._alone(_FREE_PLACE, {"t": tenant_id, "p": place})
-
-    def _alone(self, statement: Any, params: dict[str, Any]) -> int:
-        """Run one statement in a transaction of its own; its row count. On PostgreSQL, committed by
-        itself: one round trip to the server instead of four."""
-        if self.db.dialect == "postgresql":
-            with self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                return int(conn.execute(statement, params).rowcount)
-        with self.db.write() as conn:
-            return int(conn.execute(statement, params).rowcount)
 
     def note_refusal(self, tenant_id: str, bound: Bound, window: int, event: AuditEvent) -> bool:
         """Record `event` unless a refusal by the same bound was recorded in this window already."""

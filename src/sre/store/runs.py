@@ -26,7 +26,8 @@ from sqlalchemy.dialects import sqlite as sa_sqlite
 from sre.store.conversations import dumps
 from sre.store.database import Database, id_equals
 from sre.store.model_calls import insert_model_calls
-from sre.store.quotas import QuotaRepository, check_places
+from sre.store.places import check_places
+from sre.store.quotas import QuotaRepository
 from sre.store.schema import approvals, conversations, run_events, run_steps, runs
 from sre.types.audit import AuditEvent
 from sre.types.errors import Conflict, NotFound
