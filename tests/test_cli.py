@@ -313,3 +313,34 @@ def test_approvals_list_approve_deny(tmp_path: Path) -> None:
     rest = sre("approvals", "list", "--status", "all", "--data-dir", data)
     assert "approved" in rest.stdout and "denied" in rest.stdout
     assert "status" in one_line_error(sre("approvals", "list", "--status", "maybe", "--data-dir", data))
+
+
+def test_admin_quotas_set_show_clear(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    config = tmp_path / "sre.toml"
+    config.write_text("[quotas.principal]\nrequests_per_minute = 60\n")
+    created = sre("keys", "create", "--tenant", "acme", "--principal", "bob", "--data-dir", data)
+    assert created.returncode == 0, created.stderr
+    where = ("--tenant", "acme", "--data-dir", data)
+    done = sre("admin", "quotas", "set", "--principal", "bob", "--tokens-per-day", "5000",
+               "--concurrent-runs", "unlimited", *where)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "tokens_per_day       5000 (override)" in done.stdout
+    assert "concurrent_runs      unlimited (override)" in done.stdout
+    shown = sre("admin", "quotas", "show", "--config", str(config), *where)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("tenant acme") and "principal bob" in shown.stdout
+    assert "requests_per_minute  60 (default)" in shown.stdout
+    cleared = sre("admin", "quotas", "clear", "--principal", "bob", *where)
+    assert cleared.returncode == 0 and "defaults again" in cleared.stderr, cleared.stderr
+    assert "principal bob" not in sre("admin", "quotas", "show", *where).stdout
+    assert "--requests-per-minute takes" in one_line_error(
+        sre("admin", "quotas", "set", "--principal", "bob", "--requests-per-minute", "lots", *where)
+    )
+    assert "name a limit" in one_line_error(sre("admin", "quotas", "set", "--principal", "bob", *where))
+    assert "No principal" in one_line_error(
+        sre("admin", "quotas", "set", "--principal", "nobody", "--requests-per-minute", "1", *where)
+    )
+    assert "not both" in one_line_error(
+        sre("admin", "quotas", "clear", "--principal", "a", "--key", "b", *where)
+    )

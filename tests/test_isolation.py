@@ -105,6 +105,9 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/v1/keys/{key_id}"): ("private", None),
     ("DELETE", "/v1/keys/{key_id}"): ("private", None),
     ("POST", "/v1/keys/{key_id}/rotate"): ("private", {}),
+    ("GET", "/v1/quotas"): ("own", None),
+    ("POST", "/v1/quotas"): ("own", {"subject": "principal", "id": "{alice}", "requests_per_minute": 0}),
+    ("DELETE", "/v1/quotas"): ("own", None),
 }
 # Extra probes of routes whose query changes what they do.
 VARIANTS: list[tuple[str, str, dict[str, str]]] = [
@@ -112,6 +115,8 @@ VARIANTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/v1/responses/{response_id}", {"include[]": "context_manifest"}),
     ("GET", "/v1/approvals", {"response_id": "{bg}"}),
     ("GET", "/v1/audit", {"resource_id": "{conv}"}),
+    ("GET", "/v1/quotas", {"subject": "principal", "id": "{alice}"}),  # an admin's look at Alice's
+    ("DELETE", "/v1/quotas", {"subject": "principal", "id": "{alice}"}),
 ]
 
 

@@ -1,5 +1,5 @@
-"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents, approvals and
-audit trail, over `Runtime`.
+"""The HTTP API: OpenAI-compatible Responses and Conversations routes, and SRE's agents, approvals,
+audit trail and quotas, over `Runtime`.
 
 Routes parse input (pydantic models shared with the Python API), resolve the caller from the
 bearer key, call one `Runtime` method and shape the result. Nothing else happens here.
@@ -29,6 +29,7 @@ from sre.types.agents import MAX_AGENT_VERSION, AgentDefinition, UpdateAgent
 from sre.types.audit import ACTING
 from sre.types.directory import AddMember, CreateGroup, CreateKey, CreatePrincipal, RotateKey, UpdatePrincipal
 from sre.types.errors import InvalidRequest, SREError
+from sre.types.quotas import SetQuota
 from sre.types.records import Caller
 from sre.types.requests import (
     CompactResponse,
@@ -54,6 +55,8 @@ class Decision(BaseModel):
 
 
 ApprovalStatus = Annotated[str | None, Query(pattern="^(pending|approved|denied|cancelled)$")]
+SubjectKind = Annotated[str | None, Query(pattern="^(tenant|principal|key)$")]
+QuotaId = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
 class ForkConversation(BaseModel):
@@ -131,7 +134,11 @@ def create_app(
 
     async def caller(request: Request) -> Caller:
         """Who is asking: the key's or token's principal, or, with `X-SRE-On-Behalf-Of` from a
-        service holding `act_as`, the user it acts for."""
+        service holding `act_as`, the user it acts for; each request is counted once against its
+        rate limits (429 over one)."""
+        found: Caller | None = getattr(request.state, "sre_caller", None)
+        if found is not None:
+            return found
         who = (
             runtime.local_caller()
             if not auth
@@ -145,9 +152,11 @@ def create_app(
                     param=ON_BEHALF_OF_HEADER,
                 )
             who = await runtime.act_for(who, user, _route_name(request))
+        await runtime.admit(who)
         if who.actor_id is not None:
             ACTING.set(who.actor_id)  # reset when the request ends (`RequestIds`)
         BOUND_TENANT.set(who.tenant_id)  # the rest of the request is the tenant's (row-level security)
+        request.state.sre_caller = who
         return who
 
     class Require:
@@ -390,6 +399,18 @@ def create_app(
             limit=limit,
             order=order,
         )
+
+    @app.get("/v1/quotas", tags=["quotas"])
+    async def get_quotas(who: UsageReader, subject: SubjectKind = None, id: QuotaId = None) -> dict[str, Any]:
+        return await runtime.get_quotas(who, subject=subject, id=id)
+
+    @app.post("/v1/quotas", tags=["quotas"])
+    async def set_quota(body: SetQuota, who: Admin) -> dict[str, Any]:
+        return await runtime.set_quota(who, body)
+
+    @app.delete("/v1/quotas", tags=["quotas"])
+    async def delete_quota(who: Admin, subject: SubjectKind, id: QuotaId = None) -> dict[str, Any]:
+        return await runtime.delete_quota(who, subject=subject, id=id)
 
     @app.get("/v1/approvals/{approval_id}", tags=["approvals"])
     async def get_approval(approval_id: str, who: Approving) -> dict[str, Any]:

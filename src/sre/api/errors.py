@@ -1,6 +1,6 @@
 """Error mapping for HTTP: every failure leaves as OpenAI's error shape with a fitting status.
 
-`SREError`s carry their status; FastAPI's validation errors become 400s naming the field
+`SREError`s carry their status (a 429 its `Retry-After`); FastAPI's validation errors become 400s naming the field
 (`validation_response`, installed by the app once it can authenticate first); unknown
 routes and methods are 404/405 in the same shape; anything unexpected is a 500 that reveals no
 internals.
@@ -9,6 +9,7 @@ internals.
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +24,8 @@ log = logging.getLogger("sre.api")
 
 def error_response(exc: SREError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if exc.status_code == 429 and exc.retry_after is not None:  # whole seconds, at least one
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
 

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import typer
 
 from sre.cli.commands import CLIError, DatabaseUrl, DataDir, Tenant, _caller, _open, _say, app
+from sre.cli.quotas import quotas_app
 
 admin_app = typer.Typer(
-    help="Manage a tenant's principals and groups.", no_args_is_help=True, rich_markup_mode=None
+    help="Manage a tenant's principals, groups and quotas.", no_args_is_help=True, rich_markup_mode=None
 )
 principals_app = typer.Typer(
     help="List, create and change principals (users, services, agents).",
@@ -28,6 +29,7 @@ groups_app = typer.Typer(
 )
 admin_app.add_typer(principals_app, name="principals")
 admin_app.add_typer(groups_app, name="groups")
+admin_app.add_typer(quotas_app, name="quotas")
 app.add_typer(admin_app, name="admin")
 
 Role = Annotated[

@@ -215,6 +215,7 @@ class ContextAssembler:
             summary_tokens=summary_tokens,
             tenant_id=turn.caller.tenant_id,
             principal_id=turn.caller.principal_id,
+            key_id=turn.caller.key_id,
             response_id=request.response_id,
             turn_counter=turn.counter,
         )

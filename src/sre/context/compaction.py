@@ -100,6 +100,7 @@ class Compactor:
         response_id: str | None,
         turn_counter: PromptCounter,
         positions: bool = True,
+        key_id: str | None = None,
     ) -> CompactionResult:
         """Summarise the window's newest summary (if any) and `items` (oldest first, in one unbroken
         run from where that summary ends) into one compaction item of at most `summary_tokens`.
@@ -140,7 +141,7 @@ class Compactor:
                 index += 1
             try:
                 summary = await self._summarise(
-                    model, instructions, text, reserve, calls, tenant_id, principal_id, response_id
+                    model, instructions, text, reserve, calls, tenant_id, principal_id, response_id, key_id
                 )
             except CompactionFailed as exc:
                 raise CompactionFailed(str(exc), calls) from None
@@ -175,6 +176,7 @@ class Compactor:
         tenant_id: str,
         principal_id: str,
         response_id: str | None,
+        key_id: str | None,
     ) -> str:
         request = ModelRequest(
             items=[Message(role="user", content=[InputText(text=text)])],
@@ -215,6 +217,7 @@ class Compactor:
                 id=new_id("mc"),
                 response_id=response_id,
                 principal_id=principal_id,
+                key_id=key_id,
                 model=model.name,
                 provider=model.info.provider,
                 status="failed" if error else "completed",

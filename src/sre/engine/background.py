@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -29,6 +29,7 @@ from sre.store import DecisionCheck, LeaseLost, Store
 from sre.store.tenancy import BOUND_TENANT
 from sre.types.audit import ACTING
 from sre.types.errors import Conflict, InvalidRequest, NotFound, SREError
+from sre.types.quotas import Bound
 from sre.types.records import Caller, Lease, RunRecord, StepRecord
 from sre.types.requests import CreateResponse
 from sre.types.status import CANCELLED, FAILED, FINAL_EVENT, FINAL_TYPES, QUEUED, REQUIRES_ACTION, TERMINAL
@@ -65,9 +66,10 @@ class BackgroundRuns:
             actor=turn.caller.actor_id,
         )
 
-    async def start(self, turn: PreparedTurn, *, inline: bool) -> Lease | None:
-        """Store the run (applying its conversation's concurrency policy); with `inline`, claim it for
-        this process when it can start at once and return the lease."""
+    async def start(self, turn: PreparedTurn, *, inline: bool, limits: Sequence[Bound] = ()) -> Lease | None:
+        """Store the run (applying its conversation's concurrency policy and the caller's concurrency
+        `limits`); with `inline`, claim it for this process when it can start at once and return the
+        lease."""
         payload = self._payload(turn)
         first = {"type": "response.queued", "response": payload.response, "sequence_number": 0}
         policy = turn.definition.concurrency if turn.definition is not None else "enqueue"
@@ -84,12 +86,14 @@ class BackgroundRuns:
                 policy=policy,
                 owner=self.inline_owner if inline else None,
                 lease_seconds=self.lease_seconds,
+                key_id=caller.key_id,
+                limits=limits,
             )
         )
 
-    async def enqueue(self, turn: PreparedTurn) -> dict[str, Any]:
+    async def enqueue(self, turn: PreparedTurn, limits: Sequence[Bound] = ()) -> dict[str, Any]:
         """Queue a background run for the workers and return its response object, status queued."""
-        await self.start(turn, inline=False)
+        await self.start(turn, inline=False, limits=limits)
         return turn.snapshot(QUEUED, [])
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -444,7 +448,11 @@ class BackgroundRuns:
         payload = run.payload
         grants = await asyncio.to_thread(self.store.directory.grants_of, run.tenant_id, run.principal_id)
         caller = Caller(
-            tenant_id=run.tenant_id, principal_id=run.principal_id, grants=grants, actor_id=payload.actor
+            tenant_id=run.tenant_id,
+            principal_id=run.principal_id,
+            key_id=run.key_id,
+            grants=grants,
+            actor_id=payload.actor,
         )
 
         async def end(status: str, extra: dict[str, Any]) -> None:

@@ -85,6 +85,7 @@ def call_record(
         id=new_id("mc"),
         response_id=turn.response_id,  # also an unstored one's: its create can include the manifest
         principal_id=turn.caller.principal_id,
+        key_id=turn.caller.key_id,
         model=turn.model.name,
         provider=turn.model.info.provider,
         status=status,

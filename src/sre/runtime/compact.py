@@ -18,7 +18,8 @@ from typing import Any
 from sre.context import CompactionFailed
 from sre.engine.agents import parse_agent_ref
 from sre.engine.shapes import usage_object
-from sre.runtime.base import RuntimeParts, _coerce
+from sre.runtime.base import _coerce
+from sre.runtime.quotas import QuotasAPI
 from sre.types.errors import InvalidRequest, ModelError
 from sre.types.ids import new_id
 from sre.types.items import Message, parse_input_items
@@ -28,11 +29,12 @@ from sre.types.requests import CompactResponse
 MAX_HISTORY_TOKENS = 200_000  # of a chain's newest items read for one compaction
 
 
-class CompactAPI(RuntimeParts):
+class CompactAPI(QuotasAPI):
     async def compact_response(
         self, caller: Caller, request: CompactResponse | Mapping[str, Any]
     ) -> dict[str, Any]:
         body = _coerce(CompactResponse, request)
+        await self._check_tokens(caller)
         name = body.model
         compaction_name: str | None = None
         ref = parse_agent_ref(name)
@@ -85,6 +87,7 @@ class CompactAPI(RuntimeParts):
                 summary_tokens=summary_tokens,
                 tenant_id=caller.tenant_id,
                 principal_id=caller.principal_id,
+                key_id=caller.key_id,
                 response_id=None,
                 turn_counter=model.prompt_counter(),
                 positions=False,

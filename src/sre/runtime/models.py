@@ -9,7 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sre.runtime.base import RuntimeParts, _coerce
+from sre.runtime.base import _coerce
+from sre.runtime.quotas import QuotasAPI
 from sre.types.errors import InvalidRequest, ModelError, SREError
 from sre.types.ids import new_id
 from sre.types.records import Caller, ModelCallRecord
@@ -24,11 +25,12 @@ def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
     return vector
 
 
-class ModelsAPI(RuntimeParts):
+class ModelsAPI(QuotasAPI):
     async def create_embeddings(
         self, caller: Caller, request: CreateEmbeddings | Mapping[str, Any]
     ) -> dict[str, Any]:
         body = _coerce(CreateEmbeddings, request)
+        await self._check_tokens(caller)
         model = self.embeddings.resolve(body.model)
         if body.dimensions is not None and body.dimensions != model.info.dimensions:
             raise InvalidRequest(
@@ -48,6 +50,7 @@ class ModelsAPI(RuntimeParts):
             id=new_id("mc"),
             response_id=None,
             principal_id=caller.principal_id,
+            key_id=caller.key_id,
             model=model.name,
             provider=model.info.provider,
             status=status,

@@ -13,7 +13,8 @@ from sre.engine.shapes import item_list, stored_response_object
 from sre.engine.turn import PreparedTurn
 from sre.governance import approval_check
 from sre.governance.rules import approver_labels, may_decide
-from sre.runtime.base import RuntimeParts, _coerce, _page_args
+from sre.runtime.base import _coerce, _page_args
+from sre.runtime.quotas import QuotasAPI
 from sre.types.context import ContextManifest
 from sre.types.errors import Conflict, InvalidRequest, ModelError, NotFound
 from sre.types.records import Caller, RunRecord
@@ -43,7 +44,7 @@ async def _single(event: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield event
 
 
-class ResponsesAPI(RuntimeParts):
+class ResponsesAPI(QuotasAPI):
     async def _paused_run(self, caller: Caller, request: CreateResponse) -> RunRecord | None:
         """The run a request continues when it answers a paused response; a run still going is a 409."""
         if request.previous_response_id is None:
@@ -106,8 +107,11 @@ class ResponsesAPI(RuntimeParts):
         self, caller: Caller, request: CreateResponse | Mapping[str, Any]
     ) -> dict[str, Any]:
         """Run a turn to its end (or pause) and return the response object; with `background`, queue
-        it and return the queued response at once. Answers to a paused response resume its run."""
+        it and return the queued response at once. Answers to a paused response resume its run.
+        Refused (429) when the caller has used its tokens of the day or, for a new turn, has no place
+        left under its concurrency limits."""
         body = _coerce(CreateResponse, request)
+        await self._check_tokens(caller)
         paused = await self._paused_run(caller, body)
         if paused is not None:
             after = await self._resume(caller, paused, body)
@@ -120,15 +124,19 @@ class ResponsesAPI(RuntimeParts):
         else:
             turn = await self.turns.prepare(caller, body)
             if turn.request.background:
-                response = await self.background.enqueue(turn)
+                async with self._places(caller) as limits:
+                    response = await self.background.enqueue(turn, limits)
             elif turn.durable:
-                lease = await self.background.start(turn, inline=True)
+                async with self._places(caller) as limits:
+                    lease = await self.background.start(turn, inline=True, limits=limits)
                 response = await _final(
                     self.background.watch(caller, turn.response_id, lease, turn, events=False)
                 )
             else:
                 self._check_free(turn)
-                response = await self.plain.respond(turn)
+                async with self._places(caller) as limits:
+                    free = await self._take_place(caller, limits)
+                response = await self.plain.respond(turn, on_end=free)
         if "context_manifest" in (body.include or []):
             response["context_manifest"] = await self._manifests(caller, response["id"])
         return response
@@ -138,6 +146,7 @@ class ResponsesAPI(RuntimeParts):
     ) -> AsyncIterator[dict[str, Any]]:
         """Validate and read now (errors raise here), then return the turn's event stream."""
         body = _coerce(CreateResponse, request)
+        await self._check_tokens(caller)
         paused = await self._paused_run(caller, body)
         if paused is not None:
             after = await self._resume(caller, paused, body)
@@ -152,13 +161,17 @@ class ResponsesAPI(RuntimeParts):
             return self.background.watch(caller, paused.response_id, None, after=after)
         turn = await self.turns.prepare(caller, body)
         if turn.request.background:  # queued, then followed through the run's event log
-            await self.background.enqueue(turn)
+            async with self._places(caller) as limits:
+                await self.background.enqueue(turn, limits)
             return await self.background.follow(caller, turn.response_id, None)
         if turn.durable:
-            lease = await self.background.start(turn, inline=True)
+            async with self._places(caller) as limits:
+                lease = await self.background.start(turn, inline=True, limits=limits)
             return self.background.watch(caller, turn.response_id, lease, turn)
         self._check_free(turn)
-        return self.plain.stream(turn)
+        async with self._places(caller) as limits:
+            free = await self._take_place(caller, limits)
+        return self.plain.stream(turn, on_end=free)
 
     async def stream_background_response(
         self, caller: Caller, response_id: str, *, starting_after: int | None = None

@@ -2,7 +2,7 @@
 
 Each method takes the `Caller` (tenant and principal) and returns OpenAI-shaped dicts, so the
 HTTP layer only parses and serialises. The methods live in one module per resource (responses,
-conversations, agents, models); this one opens, warms and closes the whole. Store work runs in worker threads; model calls run on the
+conversations, agents, models, quotas); this one opens, warms and closes the whole. Store work runs in worker threads; model calls run on the
 event loop. No business rule lives outside this facade and the layers beneath it.
 """
 
@@ -23,6 +23,7 @@ from sre.engine.turn import TurnEngine
 from sre.engine.workers import WorkerPool
 from sre.governance import Authenticator
 from sre.governance.access import Access
+from sre.governance.quotas import Quotas
 from sre.governance.roles import rights
 from sre.models.base import ChatModel
 from sre.models.config import ModelRegistry, local_model_info
@@ -93,6 +94,8 @@ class Runtime(
         self.tools = tools if tools is not None else ToolCatalog(ToolRegistry())
         self.auth = Authenticator(store, settings.oidc)
         self.access = Access(store)
+        self.quotas = Quotas(store, settings.quotas)
+        store.quotas.meter = self.quotas.metered
         self.context = ContextAssembler(compactor=Compactor(store))
         self.turns = TurnEngine(store, models, self.tools, self.context, settings.context)
         self.engine = RunEngine(store, self.context)

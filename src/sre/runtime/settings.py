@@ -3,8 +3,9 @@
 The embedded default is `./.sre/sre.db`; `SRE_DATABASE_URL` (or `--database-url`) selects
 PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models, a `[server]` table, the Python modules
 that register server-side tools (`[tools] modules`), the MCP servers (`[mcp_servers.LABEL]`), the
-context defaults of plain turns (`[context]`) and the OIDC issuers whose tokens are accepted besides
-API keys (`[auth.oidc.NAME]`).
+context defaults of plain turns (`[context]`), the OIDC issuers whose tokens are accepted besides
+API keys (`[auth.oidc.NAME]`) and the default quotas of each kind of subject (`[quotas.tenant]`,
+`[quotas.principal]`, `[quotas.key]`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from sre.context import ContextDefaults
 from sre.governance.auth import LOCAL_PRINCIPAL, LOCAL_TENANT
 from sre.governance.oidc import OIDCIssuer, issuers_from_config
+from sre.governance.quotas import QuotaDefaults
 from sre.models.config import read_toml
 from sre.types.errors import ConfigError
 
@@ -39,6 +41,7 @@ class Settings:
     context: ContextDefaults = field(default_factory=ContextDefaults)
     sqlite_synchronous: str = "normal"  # "full": every commit synced to disk (survives power loss)
     oidc: tuple[OIDCIssuer, ...] = ()  # identity providers whose access tokens are accepted
+    quotas: QuotaDefaults = field(default_factory=QuotaDefaults)  # limits of every subject of a kind
 
     @property
     def embedded(self) -> bool:
@@ -69,6 +72,7 @@ class Settings:
             "mcp_servers",
             "context",
             "auth",
+            "quotas",
         }
         if unknown:
             raise ConfigError(f"unknown top-level keys in config: {', '.join(sorted(unknown))}")
@@ -99,4 +103,5 @@ class Settings:
             lease_seconds=lease,
             context=ContextDefaults.from_config(config.get("context")),
             oidc=issuers_from_config(config.get("auth")),
+            quotas=QuotaDefaults.from_config(config.get("quotas")),
         )

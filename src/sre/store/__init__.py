@@ -17,6 +17,8 @@ from sre.store.database import Database, normalise_url
 from sre.store.directory import DirectoryRepository
 from sre.store.keys import KeyRepository, hash_key
 from sre.store.listener import RunListener
+from sre.store.places import LimitReached, PlaceRepository
+from sre.store.quotas import QuotaRepository
 from sre.store.responses import ResponseRepository, TurnCommit
 from sre.store.runs import LeaseLost, RunRepository
 from sre.store.tenancy import subject_to_rls
@@ -28,6 +30,9 @@ __all__ = [
     "Database",
     "DecisionCheck",
     "LeaseLost",
+    "LimitReached",
+    "PlaceRepository",
+    "QuotaRepository",
     "RunListener",
     "Store",
     "TurnCommit",
@@ -52,9 +57,11 @@ class Store:
             self.db.upgrade()
         self.keys = KeyRepository(self.db)
         self.conversations = ConversationRepository(self.db)
-        self.responses = ResponseRepository(self.db)
+        self.quotas = QuotaRepository(self.db)
+        self.places = PlaceRepository(self.db)
+        self.responses = ResponseRepository(self.db, self.quotas)
         self.agents = AgentRepository(self.db)
-        self.runs = RunRepository(self.db)
+        self.runs = RunRepository(self.db, self.quotas)
         self.approvals = ApprovalRepository(self.db)
         self.audit = AuditRepository(self.db)
         self.directory = DirectoryRepository(self.db)

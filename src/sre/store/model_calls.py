@@ -1,5 +1,6 @@
-"""Writing model call records, each with its audit event: shared by a turn's commit, a durable run's
-step commit and a call outside any turn (embeddings)."""
+"""Writing model call records, each with its audit event (and its tokens on the quota counters that
+count them): shared by a turn's commit, a durable run's step commit and a call outside any turn
+(embeddings)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 
 from sre.store.audit import append_audit
 from sre.store.conversations import dumps
+from sre.store.quotas import QuotaRepository
 from sre.store.schema import model_calls
 from sre.types.audit import AuditEvent
 from sre.types.records import ModelCallRecord
@@ -60,6 +62,7 @@ def model_call_row(call: ModelCallRecord) -> dict[str, object]:
         cached_tokens=call.cached_tokens,
         tokens_exact=call.tokens_exact,
         cost_usd=call.cost_usd,
+        key_id=call.key_id,
     )
 
 
@@ -68,9 +71,13 @@ def insert_model_calls(
     tenant_id: str,
     calls: Sequence[ModelCallRecord],
     audit: Sequence[AuditEvent] = (),
+    *,
+    quotas: QuotaRepository | None = None,
 ) -> None:
-    """The calls' records and their audit events (with `audit`, the transaction's others), in the
-    caller's transaction."""
+    """The calls' records, their tokens on the quota counters that count them (with `quotas`), and
+    their audit events (with `audit`, the transaction's others), in the caller's transaction."""
     if calls:
         conn.execute(_INSERT, [model_call_row(call) for call in calls])
+        if quotas is not None:
+            quotas.add_tokens(conn, tenant_id, calls)
     append_audit(conn, tenant_id, [*(model_call_event(c) for c in calls), *audit])

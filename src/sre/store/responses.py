@@ -28,6 +28,7 @@ from sre.store.conversations import (
 )
 from sre.store.database import Database, id_equals
 from sre.store.model_calls import insert_model_calls
+from sre.store.quotas import QuotaRepository
 from sre.store.runs import active_run, finish_run
 from sre.store.schema import approvals, items, model_calls, responses, run_events, run_steps, runs
 from sre.types.audit import AuditEvent
@@ -99,8 +100,9 @@ def _owner(conn: sa.Connection, tenant_id: str, response_id: str) -> str | None:
 
 
 class ResponseRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, quotas: QuotaRepository | None = None) -> None:
         self.db = db
+        self.quotas = quotas
 
     def get(
         self,
@@ -172,12 +174,12 @@ class ResponseRepository:
             if turn.run is not None:
                 finish_run(conn, turn.run[0], turn.status, turn.run[1], responded=True)
             if not turn.store and turn.conversation_id is None:
-                insert_model_calls(conn, turn.tenant_id, turn.model_calls)
+                insert_model_calls(conn, turn.tenant_id, turn.model_calls, quotas=self.quotas)
                 return None, [], []
             # Rows are locked in one order everywhere (run, conversation, then the audit chain's
             # head), so that two transactions never wait on each other's locks.
             conv = self._target(conn, turn)
-            insert_model_calls(conn, turn.tenant_id, turn.model_calls)
+            insert_model_calls(conn, turn.tenant_id, turn.model_calls, quotas=self.quotas)
             stored_in: list[StoredItem] = []
             stored_out: list[StoredItem] = []
             if turn.keep_items:
@@ -347,7 +349,7 @@ class ResponseRepository:
     def record_model_call(self, call: ModelCallRecord) -> None:
         """A model call outside a turn (embeddings, for instance)."""
         with self.db.write() as conn:
-            insert_model_calls(conn, call.tenant_id, [call])
+            insert_model_calls(conn, call.tenant_id, [call], quotas=self.quotas)
 
     def model_calls(self, tenant_id: str, response_id: str) -> list[ModelCallRecord]:
         with self.db.read() as conn:
@@ -374,6 +376,7 @@ class ResponseRepository:
                     cached_tokens=r.cached_tokens,
                     tokens_exact=bool(r.tokens_exact),
                     cost_usd=r.cost_usd,
+                    key_id=r.key_id,
                 )
                 for r in rows
             ]

@@ -26,9 +26,12 @@ from sqlalchemy.dialects import sqlite as sa_sqlite
 from sre.store.conversations import dumps
 from sre.store.database import Database, id_equals
 from sre.store.model_calls import insert_model_calls
+from sre.store.places import check_places
+from sre.store.quotas import QuotaRepository
 from sre.store.schema import approvals, conversations, run_events, run_steps, runs
 from sre.types.audit import AuditEvent
 from sre.types.errors import Conflict, NotFound
+from sre.types.quotas import Bound
 from sre.types.records import ApprovalRecord, Lease, ModelCallRecord, RunRecord, StepRecord
 from sre.types.status import ACTIVE, CANCELLED, IN_PROGRESS, QUEUED, REQUIRES_ACTION, TERMINAL
 from sre.types.steps import RunPayload, step_data_from_stored
@@ -63,6 +66,7 @@ def run_from_row(row: sa.Row[Any]) -> RunRecord:
         conversation_id=m["conversation_id"],
         background=bool(m["background"]),
         steps=m["steps"],
+        key_id=m["key_id"],
     )
 
 
@@ -344,8 +348,9 @@ def active_run(conn: sa.Connection, tenant_id: str, conversation_id: str) -> Run
 
 
 class RunRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, quotas: QuotaRepository | None = None) -> None:
         self.db = db
+        self.quotas = quotas
 
     def enqueue(
         self,
@@ -360,13 +365,16 @@ class RunRepository:
         policy: str = "enqueue",
         owner: str | None = None,
         lease_seconds: float = 10.0,
+        key_id: str | None = None,
+        limits: Sequence[Bound] = (),
     ) -> Lease | None:
         """Queue a run and its first event (`response.queued`) in one transaction.
 
         On a named conversation with an active run, `policy` decides: `reject` raises `Conflict`,
         `enqueue` queues behind it, `interrupt` cancels the active runs (a running one at its next
-        step) and queues behind them. With an `owner`, a run that can start at once is claimed for
-        it and its `Lease` returned.
+        step) and queues behind them. `limits` (concurrent runs) are checked in the same transaction,
+        after the conversation's lock (`LimitReached` if one has no place left). With an `owner`, a
+        run that can start at once is claimed for it and its `Lease` returned.
         """
         now = int(time.time())
         with self.db.write() as conn:
@@ -401,6 +409,7 @@ class RunRepository:
                         cancel_now(conn, run)
                 # Interrupted runs that were not running are gone now; a running one stops at its next step.
                 startable = not [r for r in active if policy != "interrupt" or r.status == IN_PROGRESS]
+            check_places(conn, tenant_id, limits)
             claim = owner is not None and startable
             conn.execute(
                 runs.insert(),
@@ -421,6 +430,7 @@ class RunRepository:
                     background=background,
                     steps=0,
                     committed_sequence=0,
+                    key_id=key_id,
                 ),
             )
             conn.execute(run_events.insert(), _event_rows(tenant_id, response_id, 0, [first]))
@@ -574,7 +584,7 @@ class RunRepository:
         with self.db.write() as conn:
             cancel = self._renew(conn, lease, lease_seconds, **values)
             put_steps(conn, lease.tenant_id, lease.response_id, steps)
-            insert_model_calls(conn, lease.tenant_id, model_calls, audit)
+            insert_model_calls(conn, lease.tenant_id, model_calls, audit, quotas=self.quotas)
             if events:
                 conn.execute(
                     run_events.insert(),

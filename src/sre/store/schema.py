@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from sre.types.status import ACTIVE
+
 metadata = sa.MetaData()
 
 tenants = sa.Table(
@@ -168,6 +170,7 @@ model_calls = sa.Table(
     sa.Column("cached_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("tokens_exact", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("key_id", sa.String(64), nullable=True),  # 0010: the API key it was made through
 )
 sa.Index("ix_model_calls_response", model_calls.c.tenant_id, model_calls.c.response_id)
 sa.Index("ix_model_calls_created", model_calls.c.tenant_id, model_calls.c.created_at)
@@ -208,9 +211,21 @@ runs = sa.Table(
     sa.Column("background", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("steps", sa.Integer, nullable=False, server_default="0"),
     sa.Column("committed_sequence", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("key_id", sa.String(64), nullable=True),  # 0010: the API key that started it
 )
 sa.Index("ix_runs_runnable", runs.c.status, runs.c.created_at)
 sa.Index("ix_runs_conversation", runs.c.tenant_id, runs.c.conversation_id, runs.c.status)
+# 0010: the runs that hold a place under a concurrency limit (queued, in progress or paused), counted
+# per tenant, principal or key from this (partial) index alone.
+RUN_HOLDS_PLACE = "status IN (" + ", ".join(f"'{status}'" for status in ACTIVE) + ")"
+sa.Index(
+    "ix_runs_active",
+    runs.c.tenant_id,
+    runs.c.principal_id,
+    runs.c.key_id,
+    sqlite_where=sa.text(RUN_HOLDS_PLACE),
+    postgresql_where=sa.text(RUN_HOLDS_PLACE),
+)
 
 run_events = sa.Table(
     "run_events",
@@ -264,6 +279,45 @@ approvals = sa.Table(
 sa.Index("ix_approvals_status", approvals.c.tenant_id, approvals.c.status, approvals.c.created_at)
 sa.Index("ix_approvals_response", approvals.c.tenant_id, approvals.c.response_id)
 
+# 0010: quotas. A subject's own limits (NULL: the server's default for its kind; -1: none), set by
+# an admin; the counters of requests per minute and tokens per UTC day, one row per subject and
+# window (with the marks of refusals already audited, so that a flood of them is audited once per
+# window); and the places plain turns hold under a concurrency limit while they run (a durable run
+# holds its place by its row in `runs`). A place unrenewed past `expires_ms` is free again.
+quota_limits = sa.Table(
+    "quota_limits",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.String(16), primary_key=True),  # tenant, principal or key
+    sa.Column("subject_id", sa.String(64), primary_key=True),
+    sa.Column("requests_per_minute", sa.BigInteger, nullable=True),
+    sa.Column("tokens_per_day", sa.BigInteger, nullable=True),
+    sa.Column("concurrent_runs", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+quota_counters = sa.Table(
+    "quota_counters",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("counter", sa.String(32), primary_key=True),  # requests, tokens, refused:LIMIT
+    sa.Column("subject", sa.String(16), primary_key=True),
+    sa.Column("subject_id", sa.String(64), primary_key=True),
+    sa.Column("window_start", sa.BigInteger, primary_key=True, autoincrement=False),  # epoch seconds
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+
+quota_slots = sa.Table(
+    "quota_slots",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("principal_id", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=True),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
 ALL_TABLES = (
     tenants,
     principals,
@@ -279,6 +333,9 @@ ALL_TABLES = (
     run_events,
     run_steps,
     approvals,
+    quota_limits,
+    quota_counters,
+    quota_slots,
 )
 
 # 0007: the audit trail. Each tenant's events form one hash chain (`seq` 1, 2, ...; each row's

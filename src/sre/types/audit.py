@@ -51,6 +51,8 @@ ACTIONS: dict[str, str] = {
     "key.revoke": "an API key was revoked",
     "access.denied": "a request was refused for want of a right, a scope or a grant",
     "auth.failure": "a request presented a key that is unknown, revoked or expired, or a refused token",
+    "quota.update": "an admin set or cleared a tenant's, principal's or key's own limits",
+    "quota.exceeded": "a quota refused requests (once per subject, limit and window, not per request)",
 }
 
 

@@ -106,6 +106,19 @@ class RateLimited(SREError):
     error_type = "rate_limit_error"
 
 
+class QuotaExceeded(RateLimited):
+    """One of SRE's own quotas refused the request (HTTP 429 with `Retry-After`), in OpenAI's shape:
+    type "requests" (a request rate or concurrency limit) or "tokens" (a token budget), code
+    "rate_limit_exceeded". `limit` names the limit, `subject` and `subject_id` whom it binds."""
+
+    def __init__(self, message: str, *, limit: str, subject: str, subject_id: str, retry_after: int) -> None:
+        super().__init__(message, code="rate_limit_exceeded", retry_after=retry_after)
+        self.error_type = "tokens" if limit == "tokens_per_day" else "requests"
+        self.limit = limit
+        self.subject = subject
+        self.subject_id = subject_id
+
+
 class ModelError(SREError):
     """The upstream model failed or answered something unusable (HTTP 500)."""
 

@@ -229,6 +229,7 @@ class ModelCallRecord:
     cost_usd: float | None = None  # None: the model's prices are unknown
     agent: str | None = None  # the agent it ran for (audited, not stored with the record)
     agent_version: int | None = None
+    key_id: str | None = None  # the API key of the request it served (None: no key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +290,7 @@ class RunRecord:
     conversation_id: str | None = None
     background: bool = True
     steps: int = 0
+    key_id: str | None = None  # the API key that started it (None: no key, or before 0010)
 
 
 @dataclass(frozen=True, slots=True)
