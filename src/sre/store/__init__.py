@@ -19,6 +19,7 @@ from sre.store.keys import KeyRepository, hash_key
 from sre.store.listener import RunListener
 from sre.store.responses import ResponseRepository, TurnCommit
 from sre.store.runs import LeaseLost, RunRepository
+from sre.store.secrets import SecretRepository
 
 __all__ = [
     "SYSTEM_TENANT",
@@ -57,6 +58,7 @@ class Store:
         self.approvals = ApprovalRepository(self.db)
         self.audit = AuditRepository(self.db)
         self.directory = DirectoryRepository(self.db)
+        self.secrets = SecretRepository(self.db)
 
     @property
     def dialect(self) -> str:

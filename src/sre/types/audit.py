@@ -49,6 +49,10 @@ ACTIONS: dict[str, str] = {
     "key.create": "an API key was created",
     "key.rotate": "an API key was replaced by a new one (revoked now, or expiring after a grace period)",
     "key.revoke": "an API key was revoked",
+    "secret.create": "a secret was created (its name and id; never its value)",
+    "secret.update": "a secret was given a new value (and perhaps a new description)",
+    "secret.delete": "a secret was deleted",
+    "secret.rekey": "a batch of the tenant's secrets was re-encrypted with the newest secret key (a count)",
     "access.denied": "a request was refused for want of a right, a scope or a grant",
     "auth.failure": "a request presented a key that is unknown, revoked or expired, or a refused token",
 }
