@@ -16,6 +16,7 @@ from sre.engine.runs import RunEngine
 from sre.engine.turn import TurnEngine
 from sre.engine.workers import WorkerPool
 from sre.governance import Authenticator
+from sre.governance.secrets import Secrets
 from sre.models.config import ModelRegistry
 from sre.models.embeddings import EmbeddingRegistry
 from sre.runtime.settings import Settings
@@ -53,6 +54,7 @@ class RuntimeParts:
     settings: Settings
     embeddings: EmbeddingRegistry
     auth: Authenticator
+    secrets: Secrets
     context: ContextAssembler
     turns: TurnEngine
     engine: RunEngine

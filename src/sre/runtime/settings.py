@@ -4,7 +4,8 @@ The embedded default is `./.sre/sre.db`; `SRE_DATABASE_URL` (or `--database-url`
 PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models, a `[server]` table, the Python modules
 that register server-side tools (`[tools] modules`), the MCP servers (`[mcp_servers.LABEL]`), the
 context defaults of plain turns (`[context]`) and the OIDC issuers whose tokens are accepted besides
-API keys (`[auth.oidc.NAME]`).
+API keys (`[auth.oidc.NAME]`). The keys that encrypt secrets come from `SRE_SECRET_KEY` only, never
+from the file, and `Settings` never prints them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from sre.context import ContextDefaults
 from sre.governance.auth import LOCAL_PRINCIPAL, LOCAL_TENANT
 from sre.governance.oidc import OIDCIssuer, issuers_from_config
+from sre.governance.secret_keys import KEY_ENV, KEY_FILE
 from sre.models.config import read_toml
 from sre.types.errors import ConfigError
 
@@ -39,10 +43,23 @@ class Settings:
     context: ContextDefaults = field(default_factory=ContextDefaults)
     sqlite_synchronous: str = "normal"  # "full": every commit synced to disk (survives power loss)
     oidc: tuple[OIDCIssuer, ...] = ()  # identity providers whose access tokens are accepted
+    secret_key: str | None = field(default=None, repr=False)  # SRE_SECRET_KEY: keys, newest first
 
     @property
     def embedded(self) -> bool:
         return self.database_url is None or self.database_url.startswith("sqlite")
+
+    @property
+    def secret_key_file(self) -> Path | None:
+        """Where the embedded store keeps the key it generates when `SRE_SECRET_KEY` is unset: beside
+        its database (`<data_dir>/secret.key`). None on PostgreSQL, which needs `SRE_SECRET_KEY`."""
+        if not self.embedded:
+            return None
+        if self.database_url is not None:
+            database = sa.engine.make_url(self.database_url).database
+            if database and database != ":memory:":
+                return Path(database).parent / KEY_FILE
+        return self.data_dir / KEY_FILE
 
     @classmethod
     def load(
@@ -99,4 +116,5 @@ class Settings:
             lease_seconds=lease,
             context=ContextDefaults.from_config(config.get("context")),
             oidc=issuers_from_config(config.get("auth")),
+            secret_key=env.get(KEY_ENV) or None,
         )
