@@ -16,7 +16,7 @@ import typer
 from sre.cli.commands import CLIError, DatabaseUrl, DataDir, Tenant, _caller, _open, _say, app
 
 admin_app = typer.Typer(
-    help="Manage a tenant's principals and groups.", no_args_is_help=True, rich_markup_mode=None
+    help="Manage a tenant's principals, groups and secrets.", no_args_is_help=True, rich_markup_mode=None
 )
 principals_app = typer.Typer(
     help="List, create and change principals (users, services, agents).",

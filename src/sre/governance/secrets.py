@@ -17,12 +17,13 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sre.governance.secret_keys import KEY_ENV, SecretKeys, key_file, parse_keys
 from sre.store import Store
-from sre.types.errors import InvalidRequest
+from sre.types.errors import InvalidRequest, SREError
 from sre.types.ids import new_id
 from sre.types.secrets import SecretRecord
 
@@ -88,11 +89,12 @@ def install_log_redaction() -> None:
 
 @dataclass(frozen=True)
 class Rekeyed:
-    """What a rotation did: the newest key's id and how many secrets it re-encrypted, by tenant
-    name."""
+    """What a rotation did: the newest key's id, how many secrets it re-encrypted by tenant name,
+    and a line for each secret it had to leave as it was (no key here decrypts it)."""
 
     key_id: str
     by_tenant: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
     @property
     def secrets(self) -> int:
@@ -180,7 +182,8 @@ class Secrets:
 
     def rotate(self, *, batch_size: int = 100) -> Rekeyed:
         """Re-encrypt every secret that the newest key did not encrypt, tenant by tenant, a batch
-        per transaction: safe to stop and run again; a run with nothing to do changes nothing."""
+        per transaction: safe to stop and run again; a run with nothing to do changes nothing. A
+        secret no key decrypts is left as it was and reported, and the others are still done."""
         if not 1 <= batch_size <= 10_000:
             raise InvalidRequest("the batch size must be between 1 and 10000", param="batch_size")
         keys = self.keys()
@@ -189,13 +192,24 @@ class Secrets:
         names = self.store.keys.tenant_names() if tenants else {}
         for tenant_id in tenants:
             name = names.get(tenant_id, tenant_id)
+            reseal = partial(_reseal, keys, name, done.failures)
             after: str | None = None
             while True:
-                count, after = self.store.secrets.rekey_batch(
-                    tenant_id, keys.current, keys.reseal, after=after, limit=batch_size
+                count, seen, after = self.store.secrets.rekey_batch(
+                    tenant_id, keys.current, reseal, after=after, limit=batch_size
                 )
                 if count:
                     done.by_tenant[name] = done.by_tenant.get(name, 0) + count
-                if count < batch_size:
+                if seen < batch_size:
                     break
         return done
+
+
+def _reseal(
+    keys: SecretKeys, tenant: str, failures: list[str], record: SecretRecord, ciphertext: str, key_id: str
+) -> str | None:
+    try:
+        return keys.reseal(record, ciphertext, key_id)
+    except SREError as exc:
+        failures.append(f"tenant '{tenant}': {exc.message}")
+        return None

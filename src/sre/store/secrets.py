@@ -25,8 +25,9 @@ from sre.types.audit import AuditEvent
 from sre.types.errors import Conflict, NotFound
 from sre.types.secrets import SecretRecord
 
-# What a batch re-encrypts with: (the secret, its ciphertext, the key id it carries) -> new ciphertext.
-Reseal = Callable[[SecretRecord, str, str], str]
+# What a batch re-encrypts with: (the secret, its ciphertext, the key id it carries) -> the new
+# ciphertext, or None to leave that secret as it is (it could not be decrypted).
+Reseal = Callable[[SecretRecord, str, str], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +180,11 @@ class SecretRepository:
 
     def rekey_batch(
         self, tenant_id: str, key_id: str, reseal: Reseal, *, after: str | None = None, limit: int = 100
-    ) -> tuple[int, str | None]:
-        """In one transaction, re-encrypt up to `limit` of the tenant's secrets (with ids after
-        `after`) that the key `key_id` did not encrypt, with one `secret.rekey` event (a count).
-        Returns how many, and the last one's id (the `after` of the next batch)."""
+    ) -> tuple[int, int, str | None]:
+        """In one transaction, re-encrypt with `reseal` up to `limit` of the tenant's secrets (with
+        ids after `after`) that the key `key_id` did not encrypt, with one `secret.rekey` event (a
+        count). Returns how many it re-encrypted, how many it looked at, and the last one's id (the
+        `after` of the next batch)."""
         query = (
             sa.select(secrets)
             .where(secrets.c.tenant_id == tenant_id, secrets.c.key_id != key_id)
@@ -191,17 +193,22 @@ class SecretRepository:
         )
         if after is not None:
             query = query.where(secrets.c.id > after)
+        done = 0
         with self.db.write() as conn:
             rows = conn.execute(query.with_for_update()).all()
             for row in rows:
+                ciphertext = reseal(_record(row), row.ciphertext, row.key_id)
+                if ciphertext is None:
+                    continue
                 conn.execute(
                     secrets.update()
                     .where(secrets.c.tenant_id == tenant_id, secrets.c.id == row.id)
-                    .values(ciphertext=reseal(_record(row), row.ciphertext, row.key_id), key_id=key_id)
+                    .values(ciphertext=ciphertext, key_id=key_id)
                 )
-            if rows:
+                done += 1
+            if done:
                 event = AuditEvent(
-                    "secret.rekey", "secret", None, actor=None, details={"count": len(rows), "key_id": key_id}
+                    "secret.rekey", "secret", None, actor=None, details={"count": done, "key_id": key_id}
                 )
                 append_audit(conn, tenant_id, [event])
-        return len(rows), (rows[-1].id if rows else None)
+        return done, len(rows), (rows[-1].id if rows else None)
