@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sre.context import ContextDefaults
 from sre.governance.auth import LOCAL_PRINCIPAL, LOCAL_TENANT
 from sre.governance.oidc import OIDCIssuer, issuers_from_config
-from sre.governance.secret_keys import KEY_ENV, KEY_FILE
+from sre.governance.secret_keys import KEY_ENV, KEY_FILE, parse_keys
 from sre.models.config import read_toml
 from sre.types.errors import ConfigError
 
@@ -106,6 +106,9 @@ class Settings:
         ).lower()
         if synchronous not in ("normal", "full"):
             raise ConfigError(f"sqlite_synchronous must be 'normal' or 'full', got {synchronous!r}")
+        secret_key = env.get(KEY_ENV) or None
+        if secret_key is not None:
+            parse_keys(secret_key)  # a malformed key stops the start before anything is opened
         return cls(
             sqlite_synchronous=synchronous,
             data_dir=Path(data_dir or env.get("SRE_DATA_DIR") or server.get("data_dir") or DEFAULT_DATA_DIR),
@@ -116,5 +119,5 @@ class Settings:
             lease_seconds=lease,
             context=ContextDefaults.from_config(config.get("context")),
             oidc=issuers_from_config(config.get("auth")),
-            secret_key=env.get(KEY_ENV) or None,
+            secret_key=secret_key,
         )
