@@ -23,6 +23,7 @@ for var in (
     "SRE_OPENAI_BASE_URL",
     "SRE_OPENAI_MODEL",
     "SRE_API_KEY",
+    "SRE_SECRET_KEY",
 ):
     os.environ.pop(var, None)
 

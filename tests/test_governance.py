@@ -141,7 +141,8 @@ async def test_each_role_is_refused_exactly_the_routes_it_lacks(world: World) ->
                 url = path
                 for name, value in {"response_id": "resp_x", "conversation_id": "conv_x", "item_id": "msg_x",
                                     "approval_id": "apr_x", "name": "nope", "principal": "nobody",
-                                    "group": "nogroup", "member_id": "m", "key_id": "key_x"}.items():  # fmt: skip
+                                    "group": "nogroup", "member_id": "m", "key_id": "key_x",
+                                    "secret": "nosecret"}.items():  # fmt: skip
                     url = url.replace("{" + name + "}", value)
                 answer = await client.request(method, url, json=_fill(body, ids, uuid.uuid4().hex[:6]))
                 refused = answer.status_code == 403 and answer.json()["error"]["code"] == "role_required"

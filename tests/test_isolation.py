@@ -3,8 +3,8 @@
 The probes are generated from the application's route table: a route that is not described in
 `ROUTES` below fails `test_every_route_is_probed`, so a new route cannot ship unprobed. Alice (a
 member of tenant A) owns a conversation with items, a stored response, a background response paused
-on an approval, and an agent. Each route is called, with its path filled with Alice's ids and a body
-that would be valid for her, by:
+on an approval, and an agent; tenant A has a secret. Each route is called, with its path filled with
+Alice's ids and a body that would be valid for her, by:
 
   * Bob, another member of tenant A: Alice's conversations, responses, approvals and keys are not
     found (404, as another tenant's would be), listings do not show them, and the directory's and
@@ -16,7 +16,8 @@ that would be valid for her, by:
     issuer but signed by another key: 401 on every route.
 
 Whatever the status, no response body carries one of Alice's ids that the probe did not send itself,
-and afterwards all of Alice's resources are as they were. On both stores.
+nor the secret's value, and afterwards all of Alice's resources (and the secret) are as they were.
+On both stores.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from fastapi.routing import APIRoute
 
 from sre import Runtime
 from sre.api import create_app
+from sre.governance.secret_keys import generate_key
 from sre.models import ModelRequest
 from sre.store import sqlite_url
 from sre.testing import FunctionModel, ScriptedToolCall
@@ -47,8 +49,8 @@ from tests.support.oidc import IdentityProvider, oidc_config
 #   "tenant": shared within tenant A (agents): Bob may use it, Carol gets 404;
 #   "own": the caller's own collection or a new resource of the caller (lists, creates): any status,
 #          but no body shows Alice's ids;
-#   "directory": tenant A's principals and groups: Bob (a member) lacks the right (403), Carol gets
-#                404;
+#   "directory": tenant A's principals, groups and secrets: Bob (a member) lacks the right (403),
+#                Carol gets 404;
 #   "public": no tenant data at all (health).
 # Bodies use {conv}, {resp}, {bg}, {item}, {apr}, {agent}: Alice's ids.
 ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
@@ -108,7 +110,13 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/v1/quotas"): ("own", None),
     ("POST", "/v1/quotas"): ("own", {"subject": "principal", "id": "{alice}", "requests_per_minute": 0}),
     ("DELETE", "/v1/quotas"): ("own", None),
+    ("GET", "/v1/secrets"): ("own", None),
+    ("POST", "/v1/secrets"): ("own", {"name": "probe-{nonce}", "value": "probe value {nonce}"}),
+    ("GET", "/v1/secrets/{secret}"): ("directory", None),
+    ("POST", "/v1/secrets/{secret}"): ("directory", {"value": "overwritten"}),
+    ("DELETE", "/v1/secrets/{secret}"): ("directory", None),
 }
+SECRET_VALUE = "tenant-a-db-password-3f9c"  # in no answer to anyone, ever
 # Extra probes of routes whose query changes what they do.
 VARIANTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/v1/responses/{response_id}", {"stream": "true"}),  # a background run's event stream
@@ -169,7 +177,7 @@ async def world(store_url: str, tmp_path: Path) -> AsyncIterator[World]:
         database_url=store_url,
         config=config,
         models=[FunctionModel(_reply, name="m")],
-        env={},
+        env={"SRE_SECRET_KEY": generate_key()},
         tools=registry,
     )
     w = World(runtime, create_app(runtime))
@@ -190,6 +198,7 @@ async def world(store_url: str, tmp_path: Path) -> AsyncIterator[World]:
     w.keys["sso-bob"] = idp.token("sso-bob")
     group = runtime.store.directory.create_group(tenant_a, "finance")
     runtime.store.directory.add_member(tenant_a, group.id, alice_id)
+    secret = runtime.secrets.create(tenant_a, "db-password", SECRET_VALUE)
     async with w.client("alice") as alice:
         conv = (await alice.post("/v1/conversations", json={})).json()["id"]
         resp = (
@@ -217,6 +226,7 @@ async def world(store_url: str, tmp_path: Path) -> AsyncIterator[World]:
             "member_id": alice_id,
             "group": group.id,
             "key": alice_key.id,
+            "secret": secret.id,
         }
     yield w
     await runtime.aclose()
@@ -245,6 +255,7 @@ def _path(path: str, ids: dict[str, str]) -> str:
         .replace("{group}", ids["group"])
         .replace("{member_id}", ids["member_id"])
         .replace("{key_id}", ids["key"])
+        .replace("{secret}", ids["secret"])
     )
 
 
@@ -262,6 +273,10 @@ async def _state(world: World) -> dict[str, Any]:
         "keys": keys.json(),
         "group": directory.group(tenant, world.ids["group"]),
         "principal": directory.principal(tenant, world.ids["alice"]),
+        "secret": (
+            world.runtime.secrets.get(tenant, world.ids["secret"]),
+            world.runtime.secrets.reveal(tenant, world.ids["secret"]),
+        ),
         "items": [i["id"] for i in conv.json()["data"]],
         "meta": (await _conv(world)).get("metadata"),
         "resp": resp.json()["status"],
@@ -311,6 +326,7 @@ async def test_no_route_leaks_alices_resources(world: World, who: str) -> None:
             response = await client.request(method, url, json=sent_body, params=params)
             where = f"{who}: {method} {url} {params or ''} -> {response.status_code} {response.text[:300]}"
             sent = url + json.dumps(sent_body) + json.dumps(params)
+            assert SECRET_VALUE not in response.text, f"{where}: shows a secret's value"
             for name, value in private.items():
                 if value not in sent:
                     assert value not in response.text, f"{where}: shows Alice's {name}"

@@ -40,6 +40,7 @@ from sre.types.requests import (
     CreateResponse,
     UpdateConversation,
 )
+from sre.types.secrets import CreateSecret, UpdateSecret
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[str, Query(pattern="^(asc|desc)$")]
@@ -182,6 +183,7 @@ def create_app(
     DirectoryReader = Annotated[Caller, Depends(Require("directory"))]
     Admin = Annotated[Caller, Depends(Require("admin"))]
     AuditReader = Annotated[Caller, Depends(Require("audit"))]
+    SecretKeeper = Annotated[Caller, Depends(Require("secrets"))]
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -492,6 +494,28 @@ def create_app(
     @app.post("/v1/keys/{key_id}/rotate", tags=["directory"])
     async def rotate_key(key_id: str, who: KeyHolder, body: RotateKey | None = None) -> dict[str, Any]:
         return await runtime.rotate_api_key(who, key_id, body)
+
+    # -- secrets: written, never read back -------------------------------------------------------
+
+    @app.get("/v1/secrets", tags=["secrets"])
+    async def list_secrets(who: SecretKeeper, after: After = None, limit: Limit = 20) -> dict[str, Any]:
+        return await runtime.list_secrets(who, after=after, limit=limit)
+
+    @app.post("/v1/secrets", tags=["secrets"])
+    async def create_secret(body: CreateSecret, who: SecretKeeper) -> dict[str, Any]:
+        return await runtime.create_secret(who, body)
+
+    @app.get("/v1/secrets/{secret}", tags=["secrets"])
+    async def get_secret(secret: str, who: SecretKeeper) -> dict[str, Any]:
+        return await runtime.get_secret(who, secret)
+
+    @app.post("/v1/secrets/{secret}", tags=["secrets"])
+    async def update_secret(secret: str, body: UpdateSecret, who: SecretKeeper) -> dict[str, Any]:
+        return await runtime.update_secret(who, secret, body)
+
+    @app.delete("/v1/secrets/{secret}", tags=["secrets"])
+    async def delete_secret(secret: str, who: SecretKeeper) -> dict[str, Any]:
+        return await runtime.delete_secret(who, secret)
 
     return app
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-import sre.cli.admin  # noqa: F401  (registers `sre admin`)
+import sre.cli.admin  # registers `sre admin`
+import sre.cli.secrets  # noqa: F401  (registers `sre admin secrets`, `sre admin rotate-secret-key`)
 from sre.cli.commands import app
 
 __all__ = ["app", "main"]

@@ -17,7 +17,9 @@ from sre.cli.commands import CLIError, DatabaseUrl, DataDir, Tenant, _caller, _o
 from sre.cli.quotas import quotas_app
 
 admin_app = typer.Typer(
-    help="Manage a tenant's principals, groups and quotas.", no_args_is_help=True, rich_markup_mode=None
+    help="Manage a tenant's principals, groups, quotas and secrets.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 principals_app = typer.Typer(
     help="List, create and change principals (users, services, agents).",

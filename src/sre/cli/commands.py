@@ -83,6 +83,13 @@ def _open(data_dir: Path | None, database_url: str | None, config: Path | None):
     return Runtime.open(data_dir=data_dir, database_url=database_url, config=config)
 
 
+def _redact_logs() -> None:
+    """Keep the secrets a long-running process handles out of its logs."""
+    from sre.governance.secrets import install_log_redaction
+
+    install_log_redaction()
+
+
 def _caller(runtime: Runtime, tenant: str | None, principal: str | None = None) -> Caller:
     """Act within a tenant as its `cli` service principal (or as the local user, by default)."""
     return runtime.tenant_caller(tenant, principal)
@@ -135,6 +142,7 @@ def serve(
     if no_auth and not _is_loopback(host):
         raise CLIError(f"--no-auth only binds to loopback (127.0.0.1, ::1, localhost), not {host!r}")
     _say("Opening the store and applying migrations…")
+    _redact_logs()
     runtime = _open(data_dir, database_url, config)
     where = (
         runtime.settings.database_url and "PostgreSQL"
@@ -182,6 +190,7 @@ def worker(
     """
     import signal
 
+    _redact_logs()
     runtime = _open(data_dir, database_url, config)
     where = (
         runtime.settings.database_url and "PostgreSQL"

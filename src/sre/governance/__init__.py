@@ -4,7 +4,8 @@ The one place above the store where a request's identity is established (an API 
 access token from a configured issuer, the local user of an embedded setup, the CLI acting within a
 tenant) and where the rules of who may do what
 are written (who may decide an approval, who may read the audit trail). Later: scopes, acting for a
-user, per-route roles. It reads
+user, per-route roles. It also keeps a tenant's secrets encrypted (`secrets`, with the keys and the
+cipher in `secret_keys`). It reads
 and writes through the store; it knows nothing of HTTP, models or the engine.
 """
 

@@ -26,6 +26,7 @@ RIGHTS: dict[str, str] = {
     "keys": "list, create, rotate and revoke one's own API keys",
     "directory": "read the tenant's principals, groups and keys",
     "admin": "create and change principals, groups, others' keys and quotas",
+    "secrets": "store, replace, list and delete the tenant's secrets (their values are never shown)",
     "audit": "read and export the tenant's audit trail",
     "act_as": "act for a user of the tenant (a key scope an admin gives a service; never a role's)",
 }

@@ -17,6 +17,7 @@ from sre.engine.turn import TurnEngine
 from sre.engine.workers import WorkerPool
 from sre.governance import Authenticator
 from sre.governance.quotas import Quotas
+from sre.governance.secrets import Secrets
 from sre.models.config import ModelRegistry
 from sre.models.embeddings import EmbeddingRegistry
 from sre.runtime.settings import Settings
@@ -55,6 +56,7 @@ class RuntimeParts:
     embeddings: EmbeddingRegistry
     auth: Authenticator
     quotas: Quotas
+    secrets: Secrets
     context: ContextAssembler
     turns: TurnEngine
     engine: RunEngine

@@ -25,6 +25,7 @@ from sre.governance import Authenticator
 from sre.governance.access import Access
 from sre.governance.quotas import Quotas
 from sre.governance.roles import rights
+from sre.governance.secrets import Secrets
 from sre.models.base import ChatModel
 from sre.models.config import ModelRegistry, local_model_info
 from sre.models.embeddings import EmbeddingModel, EmbeddingRegistry, local_embeddings
@@ -37,6 +38,7 @@ from sre.runtime.conversations import ConversationsAPI
 from sre.runtime.directory import DirectoryAPI
 from sre.runtime.models import ModelsAPI
 from sre.runtime.responses import ResponsesAPI
+from sre.runtime.secrets import SecretsAPI
 from sre.runtime.settings import Settings
 from sre.store import Database, Store, sqlite_url
 from sre.tools.base import ToolSource
@@ -75,7 +77,15 @@ def tool_catalog(config: Mapping[str, Any], registry: ToolRegistry | None = None
 
 
 class Runtime(
-    ResponsesAPI, CompactAPI, ConversationsAPI, AgentsAPI, ModelsAPI, ApprovalsAPI, AuditAPI, DirectoryAPI
+    ResponsesAPI,
+    CompactAPI,
+    ConversationsAPI,
+    AgentsAPI,
+    ModelsAPI,
+    ApprovalsAPI,
+    AuditAPI,
+    DirectoryAPI,
+    SecretsAPI,
 ):
     """Open with `Runtime.open(...)`; close with `await runtime.aclose()`."""
 
@@ -93,6 +103,7 @@ class Runtime(
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry()
         self.tools = tools if tools is not None else ToolCatalog(ToolRegistry())
         self.auth = Authenticator(store, settings.oidc)
+        self.secrets = Secrets(store, keys=settings.secret_key, generated_key=settings.secret_key_file)
         self.access = Access(store)
         self.quotas = Quotas(store, settings.quotas)
         store.quotas.meter = self.quotas.metered

@@ -5,7 +5,8 @@ PostgreSQL. The TOML file (`--config` / `SRE_CONFIG`) holds the models, a `[serv
 that register server-side tools (`[tools] modules`), the MCP servers (`[mcp_servers.LABEL]`), the
 context defaults of plain turns (`[context]`), the OIDC issuers whose tokens are accepted besides
 API keys (`[auth.oidc.NAME]`) and the default quotas of each kind of subject (`[quotas.tenant]`,
-`[quotas.principal]`, `[quotas.key]`).
+`[quotas.principal]`, `[quotas.key]`). The keys that encrypt secrets come from `SRE_SECRET_KEY`
+only, never from the file, and `Settings` never prints them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from sre.context import ContextDefaults
 from sre.governance.auth import LOCAL_PRINCIPAL, LOCAL_TENANT
 from sre.governance.oidc import OIDCIssuer, issuers_from_config
 from sre.governance.quotas import QuotaDefaults
+from sre.governance.secret_keys import KEY_ENV, KEY_FILE, parse_keys
 from sre.models.config import read_toml
 from sre.types.errors import ConfigError
 
@@ -42,10 +46,23 @@ class Settings:
     sqlite_synchronous: str = "normal"  # "full": every commit synced to disk (survives power loss)
     oidc: tuple[OIDCIssuer, ...] = ()  # identity providers whose access tokens are accepted
     quotas: QuotaDefaults = field(default_factory=QuotaDefaults)  # limits of every subject of a kind
+    secret_key: str | None = field(default=None, repr=False)  # SRE_SECRET_KEY: keys, newest first
 
     @property
     def embedded(self) -> bool:
         return self.database_url is None or self.database_url.startswith("sqlite")
+
+    @property
+    def secret_key_file(self) -> Path | None:
+        """Where the embedded store keeps the key it generates when `SRE_SECRET_KEY` is unset: beside
+        its database (`<data_dir>/secret.key`). None on PostgreSQL, which needs `SRE_SECRET_KEY`."""
+        if not self.embedded:
+            return None
+        if self.database_url is not None:
+            database = sa.engine.make_url(self.database_url).database
+            if database and database != ":memory:":
+                return Path(database).parent / KEY_FILE
+        return self.data_dir / KEY_FILE
 
     @classmethod
     def load(
@@ -93,6 +110,9 @@ class Settings:
         ).lower()
         if synchronous not in ("normal", "full"):
             raise ConfigError(f"sqlite_synchronous must be 'normal' or 'full', got {synchronous!r}")
+        secret_key = env.get(KEY_ENV) or None
+        if secret_key is not None:
+            parse_keys(secret_key)  # a malformed key stops the start before anything is opened
         return cls(
             sqlite_synchronous=synchronous,
             data_dir=Path(data_dir or env.get("SRE_DATA_DIR") or server.get("data_dir") or DEFAULT_DATA_DIR),
@@ -104,4 +124,5 @@ class Settings:
             context=ContextDefaults.from_config(config.get("context")),
             oidc=issuers_from_config(config.get("auth")),
             quotas=QuotaDefaults.from_config(config.get("quotas")),
+            secret_key=secret_key,
         )

@@ -21,6 +21,7 @@ from sre.store.places import LimitReached, PlaceRepository
 from sre.store.quotas import QuotaRepository
 from sre.store.responses import ResponseRepository, TurnCommit
 from sre.store.runs import LeaseLost, RunRepository
+from sre.store.secrets import SecretRepository
 from sre.store.tenancy import subject_to_rls
 
 __all__ = [
@@ -65,6 +66,7 @@ class Store:
         self.approvals = ApprovalRepository(self.db)
         self.audit = AuditRepository(self.db)
         self.directory = DirectoryRepository(self.db)
+        self.secrets = SecretRepository(self.db)
 
     def row_security_applies(self) -> bool:
         """Whether PostgreSQL's row-level security binds this store's role (False on SQLite)."""

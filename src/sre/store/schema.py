@@ -81,6 +81,24 @@ api_keys = sa.Table(
     sa.Column("rotated_from", sa.String(64), nullable=True),
 )
 
+# 0011: a tenant's secrets (provider API keys, connectors' credentials), encrypted: `ciphertext` is a
+# Fernet token of the value (`sre.governance.secrets`), `key_id` the fingerprint of the key that made
+# it, so that a rotation finds what the newest key has not yet re-encrypted. Never a plaintext.
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("ciphertext", sa.Text, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=True),
+    sa.UniqueConstraint("tenant_id", "name", name="uq_secrets_name"),
+)
+
 conversations = sa.Table(
     "conversations",
     metadata,
@@ -324,6 +342,7 @@ ALL_TABLES = (
     groups,
     group_members,
     api_keys,
+    secrets,
     conversations,
     items,
     responses,

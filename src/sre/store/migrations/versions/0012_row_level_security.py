@@ -1,7 +1,7 @@
 """Row-level security by tenant on PostgreSQL, on every table with a tenant (`sre.store.tenancy`).
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from alembic import op
 from sre.store.tenancy import POLICY, protect_all
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
