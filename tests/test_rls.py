@@ -126,6 +126,17 @@ async def test_a_tenant_bound_session_sees_only_its_tenant(pg_app_url: str) -> N
                     assert seen == {tenants["a"]}, f"{table.name}: tenant A's own rows are visible"
             names = set(conn.execute(sa.text("SELECT id FROM tenants")).scalars())
             assert names == {tenants["a"]}
+        # A connection remembers its binding; one made in a rolled-back transaction is set again.
+        conversations = next(t for t in TENANT_TABLES if t.name == "conversations")
+        with bound_to(tenants["b"]), db.read() as conn:
+            conn.execute(sa.select(1))
+        with pytest.raises(RuntimeError), bound_to(tenants["a"]), db.read() as conn:
+            conn.execute(sa.select(1))
+            raise RuntimeError("rolled back")
+        with bound_to(tenants["a"]), db.read() as conn:
+            assert set(conn.execute(sa.select(conversations.c.tenant_id)).scalars()) == {tenants["a"]}
+        with db.read() as conn:
+            assert set(conn.execute(sa.select(conversations.c.tenant_id)).scalars()) >= set(tenants.values())
         populated = [t for t, seen in everywhere.items() if {tenants["a"], tenants["b"]} <= seen]
         assert len(populated) >= 12, populated  # the probe covered nearly every table
 

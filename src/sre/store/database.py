@@ -20,7 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from sre.store.tenancy import BOUND_TENANT, bind
+from sre.store.tenancy import BOUND_TENANT, bind, install
 from sre.types.errors import ConfigError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -95,12 +95,14 @@ class Database:
         self.returning = self.dialect == "postgresql" or sqlite3.sqlite_version_info >= (3, 35)
         # PostgreSQL: transactions made for a tenant are bound to it, under row-level security.
         self.row_security = self.dialect == "postgresql" and row_security
+        if self.row_security:
+            install(self.engine)
 
     @contextmanager
     def read(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn, conn.begin():
-            if self.row_security and (tenant := BOUND_TENANT.get()) is not None:
-                bind(conn, tenant)
+            if self.row_security:
+                bind(conn, BOUND_TENANT.get())
             yield conn
 
     @contextmanager
@@ -108,8 +110,8 @@ class Database:
         with self.engine.connect() as conn:
             conn.execution_options(sre_write=True)
             with conn.begin():
-                if self.row_security and (tenant := BOUND_TENANT.get()) is not None:
-                    bind(conn, tenant)
+                if self.row_security:
+                    bind(conn, BOUND_TENANT.get())
                 yield conn
 
     def dispose(self) -> None:

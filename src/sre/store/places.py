@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from sre.store.database import Database
 from sre.store.schema import RUN_HOLDS_PLACE, quota_slots
+from sre.store.tenancy import BOUND_TENANT, bind
 from sre.types.ids import new_id
 from sre.types.quotas import SUBJECTS, Bound, Subject
 
@@ -58,6 +59,8 @@ def commit_alone(db: Database, statement: Any, params: dict[str, Any]) -> int:
     itself: one round trip to the server instead of four."""
     if db.dialect == "postgresql":
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if db.row_security:
+                bind(conn, BOUND_TENANT.get())
             return int(conn.execute(statement, params).rowcount)
     with db.write() as conn:
         return int(conn.execute(statement, params).rowcount)

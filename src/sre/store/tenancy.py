@@ -2,7 +2,7 @@
 
 Every table with a `tenant_id` (and `tenants` by its `id`) has row-level security enabled and
 forced (so the tables' owner is subject to it too) with one policy: a transaction bound to a tenant
-(`SELECT set_config('sre.tenant_id', …, true)`) sees and writes that tenant's rows only; an unbound
+(the session setting `sre.tenant_id`, see `bind`) sees and writes that tenant's rows only; an unbound
 one — authentication by key hash, workers claiming runs across tenants, migrations — sees all.
 The store binds every transaction made on behalf of a tenant: the API binds the tenant of the
 authenticated caller for the rest of the request (`bound_to`), a worker the tenant of the run it
@@ -13,9 +13,11 @@ SQLite has no row-level security; there the filters in every query are the only 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -51,9 +53,35 @@ def protect_all(conn: sa.Connection) -> list[str]:
     return done
 
 
-def bind(conn: sa.Connection, tenant_id: str) -> None:
-    """Bind the transaction `conn` is in to `tenant_id` (until it ends)."""
-    conn.exec_driver_sql("SELECT set_config(%(s)s, %(t)s, true)", {"s": SETTING, "t": tenant_id})
+_KNOWN = "sre_tenant"  # in a pooled connection's info: the tenant its session is bound to ("": none)
+
+
+def bind(conn: sa.Connection, tenant_id: str | None) -> None:
+    """Bind `conn`'s session to `tenant_id` (None: to no tenant) for what it runs next.
+
+    The binding is the session's (`set_config(…, false)`) and remembered with the pooled connection,
+    so a transaction for the tenant the connection was last bound to costs no statement at all; one
+    for another tenant, or for none, costs one. A rolled-back transaction may have undone a binding
+    made in it: the connection's binding is then unknown and set again next time (`install`)."""
+    info = conn.connection.info
+    wanted = tenant_id or ""
+    if info.get(_KNOWN) != wanted:
+        conn.exec_driver_sql("SELECT set_config(%(s)s, %(t)s, false)", {"s": SETTING, "t": wanted})
+        info[_KNOWN] = wanted
+
+
+def install(engine: sa.Engine) -> None:
+    """Keep each pooled connection's remembered binding true: a new session has none, and after a
+    rollback it is unknown."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_KNOWN] = ""
+
+    @sa.event.listens_for(engine, "rollback")
+    def _undone(conn: sa.Connection) -> None:
+        with contextlib.suppress(Exception):  # an invalidated connection starts again at "connect"
+            conn.connection.info[_KNOWN] = None
 
 
 @contextmanager
