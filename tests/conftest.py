@@ -91,6 +91,14 @@ def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
 
 
 @pytest.fixture
+def app_store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """`store_url`, but on PostgreSQL as a role subject to row-level security, as in production."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("pg_app_url"))
+    return sqlite_url(tmp_path / "data")
+
+
+@pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
     s = Store(store_url)
     yield s

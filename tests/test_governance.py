@@ -30,11 +30,12 @@ from sre.api import create_app
 from sre.api.app import route_rights
 from sre.governance.roles import RIGHTS, ROLE_RIGHTS
 from sre.models import ModelRequest
-from sre.store import sqlite_url
 from sre.testing import FunctionModel, ScriptedToolCall
 from sre.tools import ToolRegistry
 from sre.types.items import FunctionCallOutput
 from sre.types.records import Grants
+from tests.support.asgi import asgi_client
+from tests.support.server import ServerProcess
 from tests.test_isolation import ROUTES, _fill
 
 ROLES = ("admin", "developer", "member", "auditor")
@@ -62,12 +63,7 @@ class World:
     ran: list[str] = field(default_factory=list)
 
     def client(self, key: str, **headers: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),
-            base_url="http://sre",
-            headers={"Authorization": f"Bearer {self.keys.get(key, key)}", **headers},
-            timeout=30,
-        )
+        return asgi_client(self.app, self.keys.get(key, key), **headers)
 
     def principal_id(self, name: str) -> str:
         return self.runtime.store.directory.principal(self.tenant_id, name).id
@@ -77,11 +73,8 @@ class World:
 
 
 @pytest.fixture
-def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """On PostgreSQL, SRE connects as a role subject to row-level security, as in production."""
-    if backend == "postgresql":
-        return str(request.getfixturevalue("pg_app_url"))
-    return sqlite_url(tmp_path / "data")
+def store_url(app_store_url: str) -> str:
+    return app_store_url  # on PostgreSQL, as a role subject to row-level security
 
 
 @pytest.fixture
@@ -378,8 +371,6 @@ async def test_approvers_by_group_and_role(world: World) -> None:
 
 async def test_revocation_is_immediate_in_another_process(pg_url: str, tmp_path: Path) -> None:
     """Two servers on one PostgreSQL: a key revoked through one is refused by the other at once."""
-    from tests.support.server import ServerProcess
-
     env = {"SRE_DATABASE_URL": pg_url}
     one = ServerProcess(data_dir=tmp_path / "one", env=env).start()
     two = ServerProcess(data_dir=tmp_path / "two", env=env).start()

@@ -38,10 +38,10 @@ from sre import Runtime
 from sre.api import create_app
 from sre.governance.secret_keys import generate_key
 from sre.models import ModelRequest
-from sre.store import sqlite_url
 from sre.testing import FunctionModel, ScriptedToolCall
 from sre.tools import ToolRegistry
 from sre.types.items import FunctionCallOutput
+from tests.support.asgi import asgi_client
 from tests.support.oidc import IdentityProvider, oidc_config
 
 # How each route is probed: (method, path) -> (kind, body). `kind` says whose the route's resource is:
@@ -144,20 +144,12 @@ class World:
     ids: dict[str, str] = field(default_factory=dict)
 
     def client(self, who: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),
-            base_url="http://sre",
-            headers={"Authorization": f"Bearer {self.keys[who]}"},
-            timeout=30,
-        )
+        return asgi_client(self.app, self.keys[who])
 
 
 @pytest.fixture
-def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """On PostgreSQL, SRE connects as a role subject to row-level security, as in production."""
-    if backend == "postgresql":
-        return str(request.getfixturevalue("pg_app_url"))
-    return sqlite_url(tmp_path / "data")
+def store_url(app_store_url: str) -> str:
+    return app_store_url  # on PostgreSQL, as a role subject to row-level security
 
 
 @pytest.fixture

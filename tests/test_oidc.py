@@ -34,6 +34,7 @@ from sre.runtime.settings import Settings
 from sre.testing import FunctionModel
 from sre.types.errors import ConfigError, Unauthenticated
 from sre.types.records import Grants
+from tests.support.asgi import asgi_client
 from tests.support.oidc import (
     AUDIENCE,
     ISSUER,
@@ -53,12 +54,7 @@ class World:
     tenant: str
 
     def client(self, token: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),
-            base_url="http://sre",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
+        return asgi_client(self.app, token)
 
     def failures(self, tenant_id: str) -> list[dict[str, Any]]:
         page = self.runtime.store.audit.list(tenant_id, filters={"action": "auth.failure"}, limit=100)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -22,6 +21,7 @@ from sre.store.tenancy import POLICY, bound_to, subject_to_rls
 from sre.testing import FunctionModel, ScriptedToolCall
 from sre.tools import ToolRegistry
 from sre.types.items import FunctionCallOutput
+from tests.support.asgi import asgi_client
 
 TENANT_TABLES = [t for t in metadata.sorted_tables if "tenant_id" in t.c]
 
@@ -68,11 +68,7 @@ async def test_a_tenant_bound_session_sees_only_its_tenant(pg_app_url: str) -> N
         for side in ("a", "b"):
             name = f"rls-{side}-{uuid.uuid4().hex[:8]}"
             _, secret = runtime.create_key(name, "root", role="admin")
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://sre",
-                headers={"Authorization": f"Bearer {secret}"},
-            ) as client:
+            async with asgi_client(app, secret) as client:
                 conv = (await client.post("/v1/conversations", json={})).json()["id"]
                 turn = await client.post(
                     "/v1/responses", json={"model": "m", "input": "hi", "conversation": conv}
@@ -106,11 +102,7 @@ async def test_a_tenant_bound_session_sees_only_its_tenant(pg_app_url: str) -> N
 
         sa.event.listen(db.engine, "before_cursor_execute", seen)
         _, secret = runtime.create_key(runtime.store.keys.tenant_names()[tenants["b"]], "root")
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://sre",
-            headers={"Authorization": f"Bearer {secret}"},
-        ) as client:
+        async with asgi_client(app, secret) as client:
             assert (await client.get("/v1/agents")).status_code == 200
         sa.event.remove(db.engine, "before_cursor_execute", seen)
         assert bound and all(isinstance(p, dict) and p["t"] == tenants["b"] for p in bound), bound

@@ -36,6 +36,7 @@ from sre.governance.secrets import REDACTED, install_log_redaction, redact, reme
 from sre.store.schema import audit_events, secrets
 from sre.testing import FunctionModel
 from sre.types.errors import InvalidRequest, SREError
+from tests.support.asgi import asgi_client
 from tests.support.server import ServerProcess
 from tests.test_cli import one_line_error, sre
 
@@ -59,12 +60,7 @@ class World:
     keys: dict[str, str] = field(default_factory=dict)
 
     def client(self, who: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),
-            base_url="http://sre",
-            headers={"Authorization": f"Bearer {self.keys[who]}"},
-            timeout=30,
-        )
+        return asgi_client(self.app, self.keys[who])
 
     def rows(self) -> list[Any]:
         with self.runtime.store.db.read() as conn:
