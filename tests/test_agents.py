@@ -102,7 +102,12 @@ async def test_create_get_update_versions_delete(api: Api) -> None:
         "tools": [LOOKUP],
         "metadata": {"team": "ops"},
         "limits": {"max_tool_calls": 5, "max_steps": 10, "deadline_seconds": 60},
-        "approval": {"tools_requiring_approval": ["lookup"], "rules": [], "approvers": []},
+        "approval": {
+            "tools_requiring_approval": ["lookup"],
+            "tools_denied": [],
+            "rules": [],
+            "approvers": [],
+        },
         "concurrency": "enqueue",
         "context": {"sections": {}, "compaction": False, "compact_threshold": None, "keep_recent": 0.5},
         "compaction_model": None,
@@ -326,7 +331,7 @@ def test_python_api_and_stored_definitions_of_version_1_and_2(tmp_path: Path) ->
     assert loaded.to_stored() == {
         **stored,
         "schema_version": 2,
-        "approval": {**stored["approval"], "rules": [], "approvers": []},
+        "approval": {**stored["approval"], "tools_denied": [], "rules": [], "approvers": []},
         "context": {"sections": {}, "compaction": False, "keep_recent": 0.5},
     }
     assert loaded.context.compaction is False and loaded.compaction_model is None
