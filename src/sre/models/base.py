@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sre.models.tokens import PromptCounter, TextTokenizer, TokenCount
+from sre.types.formats import TEXT, TextFormat
 from sre.types.items import ModelItem
 
 AnyItem = ModelItem  # the items a model is sent (compaction items reach it as messages)
@@ -35,6 +36,7 @@ class ModelRequest:
     temperature: float | None = None
     top_p: float | None = None
     max_output_tokens: int | None = None
+    text_format: TextFormat = TEXT  # what the text must be: each provider asks its upstream for it
 
 
 @dataclass(frozen=True, slots=True)

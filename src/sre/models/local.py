@@ -5,6 +5,7 @@ The default weights are SmolLM2-135M-Instruct, shipped as a GGUF file by the `ll
 is shared by every request of the process and used by one request at a time — llama.cpp is not
 re-entrant — and generation runs in a worker thread that streams tokens back to the event loop.
 Local models get tool definitions as text only: small models cannot be trusted with tool calls.
+A JSON `text.format` is enforced while sampling: llama.cpp's grammar from the format's JSON schema.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sre.models.base import (
 )
 from sre.models.tokens import PromptCounter, TextTokenizer
 from sre.types.errors import ConfigError, ModelError
+from sre.types.formats import TextFormat
 from sre.types.items import FunctionCall, FunctionCallOutput, Message
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -101,6 +103,14 @@ def to_local_messages(instructions: str | None, items: Sequence[AnyItem]) -> lis
     return messages
 
 
+def grammar_format(fmt: TextFormat) -> dict[str, Any]:
+    """`text.format` as llama-cpp-python's `response_format`: it compiles the schema (or any JSON
+    object) to a GBNF grammar with llama.cpp's JSON-schema converter, and sampling follows it."""
+    if fmt.type == "json_schema":
+        return {"type": "json_object", "schema": fmt.schema}
+    return {"type": "json_object"}
+
+
 class LlamaTokenizer:
     def __init__(self, llama: Any) -> None:
         self._llama = llama
@@ -147,6 +157,8 @@ class LocalChatModel(ChatModel):
             kwargs["temperature"] = request.temperature
         if request.top_p is not None:
             kwargs["top_p"] = request.top_p
+        if request.text_format.is_json:
+            kwargs["response_format"] = grammar_format(request.text_format)
 
         def generate() -> None:
             try:
