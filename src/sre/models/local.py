@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import importlib.util
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -103,12 +105,27 @@ def to_local_messages(instructions: str | None, items: Sequence[AnyItem]) -> lis
     return messages
 
 
-def grammar_format(fmt: TextFormat) -> dict[str, Any]:
-    """`text.format` as llama-cpp-python's `response_format`: it compiles the schema (or any JSON
-    object) to a GBNF grammar with llama.cpp's JSON-schema converter, and sampling follows it."""
-    if fmt.type == "json_schema":
-        return {"type": "json_object", "schema": fmt.schema}
-    return {"type": "json_object"}
+# llama-cpp-python's converter lets a string hold raw control characters (a newline, say), which
+# JSON forbids; llama.cpp's own converter excludes them, as this rule does.
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+@functools.lru_cache(maxsize=64)
+def _gbnf(schema: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    grammar: str = json_schema_to_gbnf(schema)
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
+def format_grammar(fmt: TextFormat) -> Any:
+    """`text.format` as a llama.cpp grammar (GBNF) that sampling follows: the format's JSON schema
+    (any JSON object for `json_object`) through llama.cpp's JSON-schema-to-grammar converter."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    schema = fmt.schema if fmt.type == "json_schema" else {"type": "object"}
+    return LlamaGrammar.from_string(_gbnf(json.dumps(schema, sort_keys=True)), verbose=False)
 
 
 class LlamaTokenizer:
@@ -158,7 +175,7 @@ class LocalChatModel(ChatModel):
         if request.top_p is not None:
             kwargs["top_p"] = request.top_p
         if request.text_format.is_json:
-            kwargs["response_format"] = grammar_format(request.text_format)
+            kwargs["grammar"] = format_grammar(request.text_format)
 
         def generate() -> None:
             try:
