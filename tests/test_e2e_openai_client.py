@@ -262,3 +262,21 @@ def test_structured_output_parse(harness: Harness) -> None:
     )
     assert refused.status == "incomplete"
     assert refused.incomplete_details is not None and refused.incomplete_details.reason == "invalid_output"  # type: ignore[comparison-overlap]
+
+
+def test_agents_sdk_output_type(harness: Harness) -> None:
+    """An OpenAI Agents SDK agent with `output_type`, on SRE through the Responses API: its final
+    output is a parsed object (before structured outputs, this failed with "Invalid JSON")."""
+    agents = pytest.importorskip("agents")  # the `dev` extras pin openai-agents
+    client = harness.start()
+    agents.set_tracing_disabled(True)
+    async_client = openai.AsyncOpenAI(base_url=str(client.base_url), api_key=harness.key, max_retries=0)
+    model = agents.OpenAIResponsesModel(model="fake", openai_client=async_client)
+    agent = agents.Agent(
+        name="extractor", instructions="Extract the person.", output_type=Person, model=model
+    )
+    harness.upstream.queue(Reply(text='{"name": "Grace", "age": 85, "languages": ["COBOL"]}'))
+    result = agents.Runner.run_sync(agent, "Grace Hopper, 85, wrote COBOL.")
+    assert result.final_output == Person(name="Grace", age=85, languages=["COBOL"])
+    sent = harness.upstream.requests[-1]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["strict"] is True
