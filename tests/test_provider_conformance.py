@@ -43,7 +43,7 @@ from sre.models.base import (
     Usage,
 )
 from sre.models.config import ModelRegistry
-from sre.types.errors import InvalidRequest, ModelError, RateLimited, SREError
+from sre.types.errors import ConfigError, InvalidRequest, ModelError, RateLimited, SREError
 from sre.types.formats import TextFormat
 from sre.types.items import FunctionCall, FunctionCallOutput, parse_input_items
 from tests.support.anthropic_upstream import AnthropicUpstream
@@ -632,6 +632,31 @@ async def test_anthropic_format_tool_beside_function_tools() -> None:
         )
         await collect(wire.model(), clash)
         assert [t["name"] for t in wire.sent["tools"]] == ["person", "person_output"]
+    finally:
+        fake.stop()
+
+
+async def test_anthropic_native_structured_output() -> None:
+    """`structured_output = "native"`: a `json_schema` format goes as `output_config.format` and the
+    answer is text; `json_object` (which the API has no words for) still goes through the tool."""
+    fake = AnthropicUpstream().start()
+    wire = Wire("anthropic", fake)
+    try:
+        fake.queue(Reply(text=VALID))
+        events = await collect(
+            wire.model(structured_output="native"),
+            ModelRequest(items=parse_input_items("Who?"), text_format=STRICT),
+        )
+        assert wire.sent["output_config"] == {"format": {"type": "json_schema", "schema": PERSON}}
+        assert "tools" not in wire.sent and "tool_choice" not in wire.sent
+        assert text_of(events) == VALID and events[-1] == Finish("stop")
+        fake.queue(answer(wire, "{}", "json_output"))
+        request = ModelRequest(items=parse_input_items("Who?"), text_format=TextFormat("json_object"))
+        events = await collect(wire.model(structured_output="native"), request)
+        assert "output_config" not in wire.sent and wire.sent["tool_choice"]["name"] == "json_output"
+        assert text_of(events) == "{}"
+        with pytest.raises(ConfigError, match="structured_output"):
+            wire.model(structured_output="grammar")
     finally:
         fake.stop()
 

@@ -6,7 +6,8 @@ blocks and their outputs `tool_result` blocks. It always streams and turns the a
 `ModelEvent`s, with Anthropic's usage normalised to OpenAI's meaning (input tokens include cached
 ones). A JSON `text.format` becomes a tool whose input schema is the format's schema, which the
 model is made to call (see `AnthropicModel.build_body`); that call's input streams back as the
-answer's text. Base URL, key and API version come from configuration; it keeps no state between calls.
+answer's text. With `structured_output = "native"`, a `json_schema` format goes as the API's own
+`output_config.format` instead, and the answer is plain text. Base URL, key and API version come from configuration; it keeps no state between calls.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sre.models.upstream import (
     sse_events,
     stream_error,
 )
+from sre.types.errors import ConfigError
 from sre.types.formats import TextFormat
 from sre.types.items import ContentPart, FunctionCall, FunctionCallOutput, InputImage, Message, Refusal
 
@@ -197,6 +199,20 @@ class AnthropicModel(HTTPModel):
         self.base_url = self.base_url.removesuffix("/v1")
         self.version = str(opts.get("anthropic_version") or DEFAULT_VERSION)
         self.max_tokens_default = int(opts.get("max_tokens_default") or DEFAULT_MAX_TOKENS)
+        # How a `json_schema` format is asked for: a forced tool (every model), or the Messages API's
+        # own `output_config.format` (models that have it: Claude Sonnet/Opus/Haiku 4.5 and later).
+        self.structured_output = str(opts.get("structured_output") or "tool")
+        if self.structured_output not in ("tool", "native"):
+            raise ConfigError(
+                f"model '{info.name}': structured_output must be 'tool' or 'native', "
+                f"not '{self.structured_output}'"
+            )
+
+    def _format_tool(self, request: ModelRequest) -> str | None:
+        """The format tool's name when this request's JSON answer comes through one."""
+        if self.structured_output == "native" and request.text_format.type == "json_schema":
+            return None
+        return format_tool_name(request.text_format, request.tools)
 
     def build_body(self, request: ModelRequest) -> dict[str, Any]:
         system, messages = to_messages(request.instructions, request.items)
@@ -210,7 +226,9 @@ class AnthropicModel(HTTPModel):
             body["system"] = system
         tools = [_tool(t) for t in request.tools] if request.tools else []
         choice = _tool_choice(request.tool_choice, request.parallel_tool_calls) if tools else None
-        format_tool = format_tool_name(request.text_format, request.tools)
+        format_tool = self._format_tool(request)
+        if self.structured_output == "native" and request.text_format.type == "json_schema":
+            body["output_config"] = {"format": {"type": "json_schema", "schema": request.text_format.schema}}
         if format_tool is not None:
             # A JSON answer is the input of a tool the model must call: forced when it is the only
             # tool; beside function tools, some tool call is required (`any`), so the model either
@@ -239,8 +257,7 @@ class AnthropicModel(HTTPModel):
         return headers
 
     def events(self, response: httpx.Response, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        format_tool = format_tool_name(request.text_format, request.tools)
-        return _MessageStream(self.name, format_tool).events(response)
+        return _MessageStream(self.name, self._format_tool(request)).events(response)
 
 
 class _MessageStream:
