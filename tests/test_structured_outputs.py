@@ -243,3 +243,17 @@ def test_output_violation_says_why() -> None:
     assert "not valid JSON" in (output_violation(fmt, "{") or "")
     assert "'age'" in (output_violation(fmt, '{"name": "a"}') or "")
     assert output_violation(parse_text_format({"type": "text"}), "anything") is None
+
+
+async def test_the_schema_counts_as_part_of_the_prompt(api: Api) -> None:
+    """The format's schema is sent with the prompt (a `response_format`, Anthropic's format tool),
+    so the context budget counts it like a tool definition."""
+
+    async def count(**body: Any) -> int:
+        response = await api.client.post("/v1/responses/input_tokens", json={"input": "Who?", **body})
+        assert response.status_code == 200, response.text
+        return int(response.json()["input_tokens"])
+
+    plain = await count()
+    assert await count(text={"format": {"type": "text"}}) == plain
+    assert await count(text={"format": STRICT}) > plain + 10

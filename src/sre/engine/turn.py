@@ -28,7 +28,7 @@ from sre.context import (
 )
 from sre.engine.agents import AgentRef, apply_agent, load_agent, parse_agent_ref
 from sre.engine.shapes import response_object
-from sre.models.base import ChatModel, FunctionTool, ModelRequest, tool_dicts
+from sre.models.base import ChatModel, FunctionTool, ModelRequest, format_tools, tool_dicts
 from sre.models.config import ModelRegistry
 from sre.store import Store, TurnCommit
 from sre.tools.catalog import BoundTool, ToolCatalog
@@ -145,7 +145,7 @@ class PreparedTurn:
             model=self.model,
             policy=self.policy,
             max_output_tokens=self.request.max_output_tokens,
-            tools=self.tools,
+            tools=self.tools + format_tools(self.text_format),
             truncation=truncation,
             compaction_model=None if check else self.compaction_model,
             response_id=self.response_id,
@@ -384,7 +384,7 @@ class TurnEngine:
             if ref_.type == "server" and (r := self.tools.registry.tools.get(ref_.name)) is not None
         ]
         # A plain turn cannot wait behind a run on its conversation: read whether one is active too.
-        bound = self._read_bound(model, request, items, tools)
+        bound = self._read_bound(model, request, items, tools + format_tools(request.text_format))
         previous, window = self._read_state(
             caller, request, bound, busy=not runs_durably(request, definition)
         )

@@ -118,7 +118,8 @@ class ChatModel(ABC):
 
     def count_tokens(self, request: ModelRequest) -> TokenCount:
         """The request's input tokens: exact where the provider knows its tokenizer, else estimated."""
-        return self.prompt_counter().prompt(request.instructions, request.items, tool_dicts(request.tools))
+        tools = [*request.tools, *format_tools(request.text_format)]
+        return self.prompt_counter().prompt(request.instructions, request.items, tool_dicts(tools))
 
     def prompt_counter(self) -> PromptCounter:
         """How this model counts a prompt (made once: it caches the counts of stored items)."""
@@ -143,3 +144,11 @@ def tool_dicts(tools: Sequence[FunctionTool]) -> list[dict[str, Any]]:
     return [
         {"name": t.name, "description": t.description or "", "parameters": t.parameters or {}} for t in tools
     ]
+
+
+def format_tools(fmt: TextFormat) -> list[FunctionTool]:
+    """A JSON format's schema, counted as a tool definition: it is part of the prompt on every
+    provider that sends it (a `response_format`, a `text.format`, Anthropic's format tool)."""
+    if not fmt.is_json:
+        return []
+    return [FunctionTool(name=fmt.name or "json_output", description=fmt.description, parameters=fmt.schema)]
