@@ -233,8 +233,9 @@ class Person(BaseModel):
 
 
 def test_structured_output_parse(harness: Harness) -> None:
-    """`client.responses.parse(text_format=Model)`: the schema reaches the upstream as
-    `response_format`, the answer comes back parsed; one against the schema ends incomplete."""
+    """`client.responses.parse(text_format=Model)` (and `.stream(text_format=Model)`): the schema
+    reaches the upstream as `response_format`, the answer comes back parsed; one against the
+    schema ends incomplete."""
     client = harness.start()
     harness.upstream.queue(Reply(text='{"name": "Ada", "age": 36, "languages": ["en", "fr"]}'))
     parsed = client.responses.parse(input="Who wrote the first program?", text_format=Person)
@@ -247,6 +248,13 @@ def test_structured_output_parse(harness: Harness) -> None:
     stored = client.responses.retrieve(parsed.id)
     assert stored.text is not None and stored.text.format is not None
     assert stored.text.format.type == "json_schema"
+
+    harness.upstream.queue(Reply(text='{"name": "Grace", "age": 85, "languages": ["COBOL"]}'))
+    with client.responses.stream(model="fake", input="And the compiler?", text_format=Person) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.output_text.delta" in kinds and kinds[-1] == "response.completed"
+    assert final.output_parsed == Person(name="Grace", age=85, languages=["COBOL"])
 
     harness.upstream.queue(Reply(text='{"name": "Ada", "age": "old", "languages": []}'))
     refused = client.responses.create(
