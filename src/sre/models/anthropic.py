@@ -7,7 +7,8 @@ blocks and their outputs `tool_result` blocks. It always streams and turns the a
 ones). A JSON `text.format` becomes a tool whose input schema is the format's schema, which the
 model is made to call (see `AnthropicModel.build_body`); that call's input streams back as the
 answer's text. With `structured_output = "native"`, a `json_schema` format goes as the API's own
-`output_config.format` instead, and the answer is plain text. Base URL, key and API version come from configuration; it keeps no state between calls.
+`output_config.format` instead, and the answer is plain text. Base URL, key and API version come
+from configuration; it keeps no state between calls.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ class AnthropicModel(HTTPModel):
                 f"not '{self.structured_output}'"
             )
 
-    def _format_tool(self, request: ModelRequest) -> str | None:
+    def _answer_tool(self, request: ModelRequest) -> str | None:
         """The format tool's name when this request's JSON answer comes through one."""
         if self.structured_output == "native" and request.text_format.type == "json_schema":
             return None
@@ -226,7 +227,7 @@ class AnthropicModel(HTTPModel):
             body["system"] = system
         tools = [_tool(t) for t in request.tools] if request.tools else []
         choice = _tool_choice(request.tool_choice, request.parallel_tool_calls) if tools else None
-        format_tool = self._format_tool(request)
+        format_tool = self._answer_tool(request)
         if self.structured_output == "native" and request.text_format.type == "json_schema":
             body["output_config"] = {"format": {"type": "json_schema", "schema": request.text_format.schema}}
         if format_tool is not None:
@@ -257,7 +258,7 @@ class AnthropicModel(HTTPModel):
         return headers
 
     def events(self, response: httpx.Response, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        return _MessageStream(self.name, self._format_tool(request)).events(response)
+        return _MessageStream(self.name, self._answer_tool(request)).events(response)
 
 
 class _MessageStream:
