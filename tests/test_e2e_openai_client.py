@@ -14,6 +14,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.conftest import upstream_config
 from tests.support.server import ServerProcess
@@ -223,3 +224,68 @@ def test_keys_and_errors_through_the_client(harness: Harness) -> None:
     harness.upstream.queue(Reply(status=503), Reply(text="recovered"))
     assert client.responses.create(input="x").output_text == "recovered"
     assert len(harness.upstream.requests) == before + 2
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    languages: list[str]
+
+
+def test_structured_output_parse(harness: Harness) -> None:
+    """`client.responses.parse(text_format=Model)` (and `.stream(text_format=Model)`): the schema
+    reaches the upstream as `response_format`, the answer comes back parsed; one against the
+    schema ends incomplete."""
+    client = harness.start()
+    harness.upstream.queue(Reply(text='{"name": "Ada", "age": 36, "languages": ["en", "fr"]}'))
+    parsed = client.responses.parse(input="Who wrote the first program?", text_format=Person)
+    assert parsed.status == "completed"
+    assert parsed.output_parsed == Person(name="Ada", age=36, languages=["en", "fr"])
+    sent = harness.upstream.requests[-1]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["name"] == "Person"
+    assert sent["json_schema"]["strict"] is True
+    assert sent["json_schema"]["schema"]["required"] == ["name", "age", "languages"]
+    stored = client.responses.retrieve(parsed.id)
+    assert stored.text is not None and stored.text.format is not None
+    assert stored.text.format.type == "json_schema"
+
+    harness.upstream.queue(Reply(text='{"name": "Grace", "age": 85, "languages": ["COBOL"]}'))
+    with client.responses.stream(model="fake", input="And the compiler?", text_format=Person) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.output_text.delta" in kinds and kinds[-1] == "response.completed"
+    assert final.output_parsed == Person(name="Grace", age=85, languages=["COBOL"])
+
+    harness.upstream.queue(Reply(text='{"name": "Ada", "age": "old", "languages": []}'))
+    refused = client.responses.create(
+        input="Who?",
+        text={
+            "format": {
+                "type": "json_schema",
+                "name": "Person",
+                "schema": Person.model_json_schema(),
+                "strict": True,
+            }
+        },
+    )
+    assert refused.status == "incomplete"
+    assert refused.incomplete_details is not None
+    assert str(refused.incomplete_details.reason) == "invalid_output"  # a reason OpenAI's types lack
+
+
+def test_agents_sdk_output_type(harness: Harness) -> None:
+    """An OpenAI Agents SDK agent with `output_type`, on SRE through the Responses API: its final
+    output is a parsed object (before structured outputs, this failed with "Invalid JSON")."""
+    agents = pytest.importorskip("agents")  # the `dev` extras pin openai-agents
+    client = harness.start()
+    agents.set_tracing_disabled(True)
+    async_client = openai.AsyncOpenAI(base_url=str(client.base_url), api_key=harness.key, max_retries=0)
+    model = agents.OpenAIResponsesModel(model="fake", openai_client=async_client)
+    agent = agents.Agent(
+        name="extractor", instructions="Extract the person.", output_type=Person, model=model
+    )
+    harness.upstream.queue(Reply(text='{"name": "Grace", "age": 85, "languages": ["COBOL"]}'))
+    result = agents.Runner.run_sync(agent, "Grace Hopper, 85, wrote COBOL.")
+    assert result.final_output == Person(name="Grace", age=85, languages=["COBOL"])
+    sent = harness.upstream.requests[-1]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["strict"] is True

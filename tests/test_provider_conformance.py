@@ -4,7 +4,9 @@ Each provider (`openai` Chat Completions, `openai-responses`, `anthropic`) is bu
 configuration by the registry, pointed at a real loopback server speaking its format, and must
 behave the same: text in several deltas, tool calls reassembled from pieces, usage, exactly one
 `Finish` last, and the same errors (with `retryable` and `Retry-After`) for the same failures. What
-each format sends upstream is checked against what its fake recorded. The configurations shown in
+each format sends upstream is checked against what its fake recorded. Structured outputs too: the
+format each wire asks for, the JSON answer a client gets (Anthropic's format tool unwrapped), and a
+strict answer against its schema ending the response `incomplete` through the API. The configurations shown in
 docs/configuration.md are loaded and streamed here too, so the documentation cannot rot.
 """
 
@@ -41,7 +43,8 @@ from sre.models.base import (
     Usage,
 )
 from sre.models.config import ModelRegistry
-from sre.types.errors import InvalidRequest, ModelError, RateLimited, SREError
+from sre.types.errors import ConfigError, InvalidRequest, ModelError, RateLimited, SREError
+from sre.types.formats import TextFormat
 from sre.types.items import FunctionCall, FunctionCallOutput, parse_input_items
 from tests.support.anthropic_upstream import AnthropicUpstream
 from tests.support.responses_upstream import ResponsesUpstream
@@ -524,6 +527,185 @@ async def test_headers_and_query_from_configuration(wire: Wire) -> None:
     await collect(model)
     assert wire.fake.headers[-1]["x-team"] == "blue"
     assert dict(parse_qsl(urlsplit(wire.fake.paths[-1]).query)) == {"api-version": "2024-10-21"}
+
+
+# Structured outputs: what each format sends for `text.format`, and what a client gets back
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+STRICT = TextFormat("json_schema", "person", PERSON, strict=True, description="Who it is")
+STRICT_PARAM = {
+    "type": "json_schema",
+    "name": "person",
+    "schema": PERSON,
+    "description": "Who it is",
+    "strict": True,
+}
+VALID = '{"name": "Ada", "age": 36}'
+AGAINST_SCHEMA = '{"name": "Ada", "age": "thirty-six"}'
+
+
+def answer(wire: Wire, text: str, tool: str = "person") -> Reply:
+    """A JSON answer as each upstream gives it: text, or (Anthropic) the format tool's input."""
+    if wire.provider == "anthropic":
+        return Reply(tool_calls=[{"name": tool, "arguments": text}])
+    return Reply(text=text)
+
+
+def sent_format(wire: Wire, fmt: TextFormat) -> None:
+    """What the upstream was asked for: Chat Completions' `response_format`, Responses' `text`, or
+    Anthropic's forced tool."""
+    body = wire.sent
+    if wire.provider == "openai":
+        TypeAdapter(CompletionCreateParamsStreaming).validate_python(body)
+        expected: dict[str, Any] = {"type": "json_object"}
+        if fmt.type == "json_schema":
+            expected = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "person",
+                    "schema": PERSON,
+                    "strict": True,
+                    "description": "Who it is",
+                },
+            }
+        assert body["response_format"] == expected
+    elif wire.provider == "openai-responses":
+        TypeAdapter(ResponseCreateParamsStreaming).validate_python(body)
+        assert body["text"] == {
+            "format": STRICT_PARAM if fmt.type == "json_schema" else {"type": "json_object"}
+        }
+    else:
+        name = "person" if fmt.type == "json_schema" else "json_output"
+        schema = PERSON if fmt.type == "json_schema" else {"type": "object"}
+        (tool,) = body["tools"]
+        assert tool["name"] == name and tool["input_schema"] == schema
+        assert body["tool_choice"] == {"type": "tool", "name": name}
+
+
+@pytest.mark.parametrize("kind", ["json_schema", "json_object"])
+async def test_structured_output_request_and_answer(wire: Wire, kind: str) -> None:
+    fmt = STRICT if kind == "json_schema" else TextFormat("json_object")
+    wire.fake.queue(answer(wire, VALID, "person" if kind == "json_schema" else "json_output"))
+    events = await collect(wire.model(), ModelRequest(items=parse_input_items("Who?"), text_format=fmt))
+    sent_format(wire, fmt)
+    assert json.loads(text_of(events)) == {"name": "Ada", "age": 36}
+    assert not calls_of(events) and events[-1] == Finish("stop")
+    assert_well_ordered(events)
+
+
+async def test_no_format_sends_no_format_fields(wire: Wire) -> None:
+    await collect(wire.model())
+    assert not {"response_format", "text", "tools", "tool_choice"} & set(wire.sent)
+
+
+async def test_anthropic_format_tool_beside_function_tools() -> None:
+    """With function tools too, the format tool joins them and some tool call is required: the
+    model calls a function (a real tool call) or answers through the format tool (text)."""
+    fake = AnthropicUpstream().start()
+    wire = Wire("anthropic", fake)
+    try:
+        request = ModelRequest(items=parse_input_items("Who?"), tools=TOOLS, text_format=STRICT)
+        fake.queue(
+            Reply(tool_calls=[{"name": "weather", "arguments": '{"city": "Paris"}'}]), answer(wire, VALID)
+        )
+        events = await collect(wire.model(), request)
+        assert [t["name"] for t in wire.sent["tools"]] == ["weather", "time", "person"]
+        assert wire.sent["tool_choice"] == {"type": "any"}
+        assert calls_of(events)[0]["name"] == "weather" and events[-1] == Finish("tool_calls")
+        events = await collect(wire.model(), request)
+        assert text_of(events) == VALID and not calls_of(events) and events[-1] == Finish("stop")
+        named = ModelRequest(
+            items=parse_input_items("Who?"),
+            tools=TOOLS,
+            tool_choice={"type": "function", "name": "time"},
+            text_format=STRICT,
+        )
+        await collect(wire.model(), named)
+        assert wire.sent["tool_choice"] == {"type": "tool", "name": "time"}
+        clash = ModelRequest(
+            items=parse_input_items("Who?"), tools=[FunctionTool(name="person")], text_format=STRICT
+        )
+        await collect(wire.model(), clash)
+        assert [t["name"] for t in wire.sent["tools"]] == ["person", "person_output"]
+    finally:
+        fake.stop()
+
+
+async def test_anthropic_native_structured_output() -> None:
+    """`structured_output = "native"`: a `json_schema` format goes as `output_config.format` and the
+    answer is text; `json_object` (which the API has no words for) still goes through the tool."""
+    fake = AnthropicUpstream().start()
+    wire = Wire("anthropic", fake)
+    try:
+        fake.queue(Reply(text=VALID))
+        events = await collect(
+            wire.model(structured_output="native"),
+            ModelRequest(items=parse_input_items("Who?"), text_format=STRICT),
+        )
+        assert wire.sent["output_config"] == {"format": {"type": "json_schema", "schema": PERSON}}
+        assert "tools" not in wire.sent and "tool_choice" not in wire.sent
+        assert text_of(events) == VALID and events[-1] == Finish("stop")
+        fake.queue(answer(wire, "{}", "json_output"))
+        request = ModelRequest(items=parse_input_items("Who?"), text_format=TextFormat("json_object"))
+        events = await collect(wire.model(structured_output="native"), request)
+        assert "output_config" not in wire.sent and wire.sent["tool_choice"]["name"] == "json_output"
+        assert text_of(events) == "{}"
+        with pytest.raises(ConfigError, match="structured_output"):
+            wire.model(structured_output="grammar")
+    finally:
+        fake.stop()
+
+
+async def respond(wire: Wire, tmp_path: Path, body: dict[str, Any]) -> dict[str, Any]:
+    """`POST /v1/responses` through a runtime whose model is this provider, against its fake."""
+    import httpx
+
+    from sre.api import create_app
+    from sre.runtime import Runtime
+    from sre.store import sqlite_url
+
+    runtime = Runtime.open(database_url=sqlite_url(tmp_path / "data"), models=[wire.model()], env={})
+    try:
+        _, secret = runtime.create_key("conformance", "alice")
+        transport = httpx.ASGITransport(app=create_app(runtime))
+        headers = {"Authorization": f"Bearer {secret}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://sre", headers=headers) as client:
+            response = await client.post("/v1/responses", json={"model": "m", "input": "Who?", **body})
+            assert response.status_code == 200, response.text
+            return response.json()  # type: ignore[no-any-return]
+    finally:
+        await runtime.aclose()
+
+
+def message_text(response: dict[str, Any]) -> str:
+    return "".join(p["text"] for i in response["output"] if i["type"] == "message" for p in i["content"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "reply", "status"),
+    [
+        ("strict", VALID, "completed"),
+        ("strict", AGAINST_SCHEMA, "incomplete"),
+        ("json_object", '{"any": "object"}', "completed"),
+        ("json_object", "[1, 2, 3]", "incomplete"),
+    ],
+)
+async def test_structured_output_through_the_api(
+    wire: Wire, tmp_path: Path, kind: str, reply: str, status: str
+) -> None:
+    fmt = STRICT_PARAM if kind == "strict" else {"type": "json_object"}
+    wire.fake.queue(answer(wire, reply, "person" if kind == "strict" else "json_output"))
+    done = await respond(wire, tmp_path, {"text": {"format": fmt}})
+    sent_format(wire, STRICT if kind == "strict" else TextFormat("json_object"))
+    assert done["status"] == status and done["text"] == {"format": fmt}
+    assert done["incomplete_details"] == (None if status == "completed" else {"reason": "invalid_output"})
+    assert json.loads(message_text(done)) == json.loads(reply)
+    assert [i["type"] for i in done["output"]] == ["message"]  # Anthropic's format tool is unwrapped
 
 
 # The fakes speak the real formats: what they send parses as the `openai` package's own types

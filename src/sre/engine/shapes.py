@@ -55,7 +55,7 @@ def response_object(
         "reasoning": {"effort": None, "summary": None},
         "store": body.get("store", True),
         "temperature": body.get("temperature"),
-        "text": {"format": {"type": "text"}},
+        "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice", "auto"),
         "tools": body.get("tools", []),
         "top_p": body.get("top_p"),

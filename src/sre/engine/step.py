@@ -6,6 +6,9 @@ usage and cost, and records the call with its context manifest. Plain turns, age
 background runs all call it; what differs is only the ledger its events and commits go through. A
 step returns a `StepOutcome`: `Continue` (run the next step), `Pause` (the run waits, its pause
 committed) or `End` (the turn ends with a status and a reason), never bare strings or booleans.
+A final answer that breaks the request's `text.format` (not JSON, or against a strict schema) ends
+the turn `incomplete` with the reason `invalid_output`: its deltas have streamed, but it never
+completes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sre.models.base import ChatModel
 from sre.store import LeaseLost
 from sre.types.context import ContextManifest
 from sre.types.errors import ModelError, SREError
+from sre.types.formats import INVALID_OUTPUT, output_violation
 from sre.types.ids import new_id
 from sre.types.items import ITEM_ADAPTER, Compaction, ModelItem
 from sre.types.records import ModelCallRecord, StepRecord
@@ -105,6 +109,14 @@ def call_record(
     )
 
 
+def format_violation(turn: PreparedTurn, output: OutputAssembler) -> str | None:
+    """Why a final answer breaks the turn's `text.format` (`None` when it honours it, or when the
+    step called tools: the format is the final answer's, not a tool call's)."""
+    if not turn.text_format.is_json or output.has_calls():
+        return None
+    return output_violation(turn.text_format, output.output_text())
+
+
 async def model_step(
     context: ContextAssembler, turn: PreparedTurn, ledger: Ledger, journal: Journal, number: int
 ) -> StepOutcome:
@@ -175,7 +187,12 @@ async def model_step(
         ledger.emit(event)
     usage = usage_of(turn.model, assembled.manifest, output)
     items = [i.model_dump(mode="json", exclude_none=True) for i in output.items()]
-    reason = None if status == COMPLETED else ("max_output_tokens" if finish == "length" else finish)
+    reason: str | None = (
+        None if status == COMPLETED else ("max_output_tokens" if finish == "length" else finish)
+    )
+    violation = format_violation(turn, output) if status == COMPLETED else None
+    if violation is not None:  # never a completed response whose text breaks its format
+        status, reason = INCOMPLETE, INVALID_OUTPUT
     row = StepRecord(
         number,
         "",
@@ -186,7 +203,14 @@ async def model_step(
     journal.model[number] = row
     journal.uncommitted.append(row)
     journal.unrecorded.append(
-        call_record(turn, usage, status=status, latency_ms=latency_ms, manifest=manifest)
+        call_record(
+            turn,
+            usage,
+            status=status,
+            latency_ms=latency_ms,
+            manifest=manifest,
+            error=None if violation is None else ModelError(violation, code=INVALID_OUTPUT),
+        )
     )
     if output.has_calls() and ledger.durable and status == COMPLETED:
         # Its calls come next: the step commits now, before any of them runs.

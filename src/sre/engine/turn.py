@@ -28,7 +28,7 @@ from sre.context import (
 )
 from sre.engine.agents import AgentRef, apply_agent, load_agent, parse_agent_ref
 from sre.engine.shapes import response_object
-from sre.models.base import ChatModel, FunctionTool, ModelRequest, tool_dicts
+from sre.models.base import ChatModel, FunctionTool, ModelRequest, format_tools, tool_dicts
 from sre.models.config import ModelRegistry
 from sre.store import Store, TurnCommit
 from sre.tools.catalog import BoundTool, ToolCatalog
@@ -36,6 +36,7 @@ from sre.types.agents import AgentDefinition
 from sre.types.audit import AuditEvent
 from sre.types.context import ContextPolicy
 from sre.types.errors import InvalidRequest, PermissionDenied
+from sre.types.formats import TEXT, TextFormat
 from sre.types.ids import new_id
 from sre.types.items import (
     ID_PREFIX,
@@ -92,6 +93,7 @@ class PreparedTurn:
     request_instructions: str | None = None  # the request's own, before the agent's were folded in
     compaction_model: ChatModel | None = None  # set when the policy compacts
     prepared: AssembledContext | None = None  # the first call's context, assembled by `prepare`
+    text_format: TextFormat = TEXT  # what the final text must be (`text.format`)
 
     @property
     def durable(self) -> bool:
@@ -143,7 +145,7 @@ class PreparedTurn:
             model=self.model,
             policy=self.policy,
             max_output_tokens=self.request.max_output_tokens,
-            tools=self.tools,
+            tools=self.tools + format_tools(self.text_format),
             truncation=truncation,
             compaction_model=None if check else self.compaction_model,
             response_id=self.response_id,
@@ -164,6 +166,7 @@ class PreparedTurn:
             temperature=request.temperature,
             top_p=request.top_p,
             max_output_tokens=request.max_output_tokens,
+            text_format=self.text_format,
         )
 
     def commit(
@@ -226,7 +229,16 @@ def _body(request: CreateResponse) -> dict[str, Any]:
         "tools": tools,
         "truncation": request.truncation or "disabled",
         "metadata": request.metadata or {},
+        "text": _text(request),
     }
+
+
+def _text(request: CreateResponse) -> dict[str, Any]:
+    """`text` as the response echoes it: the format (plain text unless asked), and a verbosity sent."""
+    out: dict[str, Any] = {"format": request.text_format.to_dict()}
+    if request.text is not None and request.text.verbosity is not None:
+        out["verbosity"] = request.text.verbosity
+    return out
 
 
 def _check_tool_outputs(items: list[AnyItem], window: Window) -> None:
@@ -327,6 +339,7 @@ class TurnEngine:
             original=original,
             request_instructions=original.instructions,
             compaction_model=compaction_model,
+            text_format=request.text_format,
         )
         turn.prepared = await turn.assemble(self.context, [], 0, None, check=True)
         return turn
@@ -371,7 +384,7 @@ class TurnEngine:
             if ref_.type == "server" and (r := self.tools.registry.tools.get(ref_.name)) is not None
         ]
         # A plain turn cannot wait behind a run on its conversation: read whether one is active too.
-        bound = self._read_bound(model, request, items, tools)
+        bound = self._read_bound(model, request, items, tools + format_tools(request.text_format))
         previous, window = self._read_state(
             caller, request, bound, busy=not runs_durably(request, definition)
         )

@@ -4,7 +4,11 @@ It translates SRE's Responses-shaped items to Messages: system text goes to `sys
 alternate user/assistant (consecutive same-role turns merged), function calls become `tool_use`
 blocks and their outputs `tool_result` blocks. It always streams and turns the answer's events into
 `ModelEvent`s, with Anthropic's usage normalised to OpenAI's meaning (input tokens include cached
-ones). Base URL, key and API version come from configuration; it keeps no state between calls.
+ones). A JSON `text.format` becomes a tool whose input schema is the format's schema, which the
+model is made to call (see `AnthropicModel.build_body`); that call's input streams back as the
+answer's text. With `structured_output = "native"`, a `json_schema` format goes as the API's own
+`output_config.format` instead, and the answer is plain text. Base URL, key and API version come
+from configuration; it keeps no state between calls.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from sre.models.upstream import (
     sse_events,
     stream_error,
 )
+from sre.types.errors import ConfigError
+from sre.types.formats import TextFormat
 from sre.types.items import ContentPart, FunctionCall, FunctionCallOutput, InputImage, Message, Refusal
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -165,6 +171,24 @@ def _tool_choice(choice: str | dict[str, Any] | None, parallel: bool | None) -> 
     return out
 
 
+def format_tool_name(fmt: TextFormat, tools: Sequence[FunctionTool]) -> str | None:
+    """The name of the tool that carries a JSON answer (`None` for plain text): the format's own,
+    made distinct from the request's function tools."""
+    if not fmt.is_json:
+        return None
+    taken = {t.name for t in tools}
+    name = fmt.name or "json_output"
+    while name in taken:
+        name = name[:56] + "_output"
+    return name
+
+
+def _format_tool(fmt: TextFormat, name: str) -> dict[str, Any]:
+    schema = fmt.schema if fmt.type == "json_schema" else {"type": "object"}
+    description = fmt.description or "Give your final answer by calling this tool: its input is the answer."
+    return {"name": name, "description": description, "input_schema": schema}
+
+
 class AnthropicModel(HTTPModel):
     default_base_url = DEFAULT_BASE_URL
     endpoint = "/v1/messages"
@@ -176,6 +200,20 @@ class AnthropicModel(HTTPModel):
         self.base_url = self.base_url.removesuffix("/v1")
         self.version = str(opts.get("anthropic_version") or DEFAULT_VERSION)
         self.max_tokens_default = int(opts.get("max_tokens_default") or DEFAULT_MAX_TOKENS)
+        # How a `json_schema` format is asked for: a forced tool (every model), or the Messages API's
+        # own `output_config.format` (models that have it: Claude Sonnet/Opus/Haiku 4.5 and later).
+        self.structured_output = str(opts.get("structured_output") or "tool")
+        if self.structured_output not in ("tool", "native"):
+            raise ConfigError(
+                f"model '{info.name}': structured_output must be 'tool' or 'native', "
+                f"not '{self.structured_output}'"
+            )
+
+    def _answer_tool(self, request: ModelRequest) -> str | None:
+        """The format tool's name when this request's JSON answer comes through one."""
+        if self.structured_output == "native" and request.text_format.type == "json_schema":
+            return None
+        return format_tool_name(request.text_format, request.tools)
 
     def build_body(self, request: ModelRequest) -> dict[str, Any]:
         system, messages = to_messages(request.instructions, request.items)
@@ -187,9 +225,24 @@ class AnthropicModel(HTTPModel):
         }
         if system:
             body["system"] = system
-        if request.tools:
-            body["tools"] = [_tool(t) for t in request.tools]
-            choice = _tool_choice(request.tool_choice, request.parallel_tool_calls)
+        tools = [_tool(t) for t in request.tools] if request.tools else []
+        choice = _tool_choice(request.tool_choice, request.parallel_tool_calls) if tools else None
+        format_tool = self._answer_tool(request)
+        if self.structured_output == "native" and request.text_format.type == "json_schema":
+            body["output_config"] = {"format": {"type": "json_schema", "schema": request.text_format.schema}}
+        if format_tool is not None:
+            # A JSON answer is the input of a tool the model must call: forced when it is the only
+            # tool; beside function tools, some tool call is required (`any`), so the model either
+            # calls a function or answers through the format tool. A named choice still holds.
+            if choice is not None and choice["type"] == "none":
+                tools, choice = [], None
+            tools.append(_format_tool(request.text_format, format_tool))
+            if len(tools) == 1:
+                choice = {"type": "tool", "name": format_tool}
+            elif choice is None or choice["type"] in ("auto", "any"):
+                choice = {**(choice or {}), "type": "any"}
+        if tools:
+            body["tools"] = tools
             if choice is not None:
                 body["tool_choice"] = choice
         if request.temperature is not None:
@@ -204,15 +257,19 @@ class AnthropicModel(HTTPModel):
             headers["x-api-key"] = str(self.api_key)
         return headers
 
-    def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
-        return _MessageStream(self.name).events(response)
+    def events(self, response: httpx.Response, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        return _MessageStream(self.name, self._answer_tool(request)).events(response)
 
 
 class _MessageStream:
-    """The state of one streamed answer: which content block is which tool call, usage so far."""
+    """The state of one streamed answer: which content block is which tool call, usage so far. A
+    call of the format tool is the answer itself: its input streams as text."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, format_tool: str | None = None) -> None:
         self.model = model
+        self.format_tool = format_tool
+        self.answer_blocks: set[int] = set()  # content blocks that call the format tool
+        self.answer_started = False
         self.tools: dict[int, int] = {}  # content block index -> tool call index
         self.with_arguments: set[int] = set()  # tool call indices that received arguments
         self.usage: dict[str, Any] = {}
@@ -242,6 +299,9 @@ class _MessageStream:
             block = event.get("content_block")
             if not isinstance(block, dict):
                 raise malformed(self.model)
+            if block.get("type") == "tool_use" and self.format_tool and block.get("name") == self.format_tool:
+                self.answer_blocks.add(int(event.get("index", 0)))
+                return self._answer(json.dumps(block["input"]) if block.get("input") else "")
             if block.get("type") == "tool_use":
                 index = self.tools.setdefault(int(event.get("index", 0)), len(self.tools))
                 arguments = json.dumps(block["input"]) if block.get("input") else ""
@@ -255,6 +315,8 @@ class _MessageStream:
         elif kind == "content_block_delta":
             return self._delta(event)
         elif kind == "content_block_stop":
+            if int(event.get("index", 0)) in self.answer_blocks and not self.answer_started:
+                return self._answer("{}")
             call = self.tools.get(int(event.get("index", 0)))
             if call is not None and call not in self.with_arguments:
                 # A call without parameters streams no JSON at all; its arguments are still `{}`.
@@ -264,6 +326,8 @@ class _MessageStream:
             reason = delta.get("stop_reason") if isinstance(delta, dict) else None
             if reason:
                 self.stop = _STOP.get(str(reason), "stop")
+                if self.stop == "tool_calls" and not self.tools:  # only the answer was "called"
+                    self.stop = "stop"
             usage = event.get("usage")
             if isinstance(usage, dict):
                 self.usage.update({k: v for k, v in usage.items() if v is not None})
@@ -279,6 +343,8 @@ class _MessageStream:
             raise malformed(self.model)
         if delta.get("type") == "text_delta" and delta.get("text"):
             return [TextDelta(str(delta["text"]))]
+        if delta.get("type") == "input_json_delta" and int(event.get("index", 0)) in self.answer_blocks:
+            return self._answer(str(delta.get("partial_json") or ""))
         if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
             index = self.tools.get(int(event.get("index", 0)))
             if index is None:
@@ -286,6 +352,12 @@ class _MessageStream:
             self.with_arguments.add(index)
             return [ToolCallDelta(index, arguments=str(delta["partial_json"]))]
         return []  # thinking and signature deltas have no place in SRE's items yet
+
+    def _answer(self, text: str) -> list[ModelEvent]:
+        if not text:
+            return []
+        self.answer_started = True
+        return [TextDelta(text)]
 
     def _usage(self) -> Usage:
         cached = int(self.usage.get("cache_read_input_tokens") or 0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sre.models.tokens import PromptCounter, TextTokenizer, TokenCount
+from sre.types.formats import TEXT, TextFormat
 from sre.types.items import ModelItem
 
 AnyItem = ModelItem  # the items a model is sent (compaction items reach it as messages)
@@ -35,6 +36,7 @@ class ModelRequest:
     temperature: float | None = None
     top_p: float | None = None
     max_output_tokens: int | None = None
+    text_format: TextFormat = TEXT  # what the text must be: each provider asks its upstream for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,8 @@ class ChatModel(ABC):
 
     def count_tokens(self, request: ModelRequest) -> TokenCount:
         """The request's input tokens: exact where the provider knows its tokenizer, else estimated."""
-        return self.prompt_counter().prompt(request.instructions, request.items, tool_dicts(request.tools))
+        tools = [*request.tools, *format_tools(request.text_format)]
+        return self.prompt_counter().prompt(request.instructions, request.items, tool_dicts(tools))
 
     def prompt_counter(self) -> PromptCounter:
         """How this model counts a prompt (made once: it caches the counts of stored items)."""
@@ -141,3 +144,11 @@ def tool_dicts(tools: Sequence[FunctionTool]) -> list[dict[str, Any]]:
     return [
         {"name": t.name, "description": t.description or "", "parameters": t.parameters or {}} for t in tools
     ]
+
+
+def format_tools(fmt: TextFormat) -> list[FunctionTool]:
+    """A JSON format's schema, counted as a tool definition: it is part of the prompt on every
+    provider that sends it (a `response_format`, a `text.format`, Anthropic's format tool)."""
+    if not fmt.is_json:
+        return []
+    return [FunctionTool(name=fmt.name or "json_output", description=fmt.description, parameters=fmt.schema)]

@@ -44,6 +44,7 @@ _KNOWN_KEYS = {
     "max_tokens_param",
     "max_tokens_default",
     "anthropic_version",
+    "structured_output",
     "connect_timeout",
     "read_timeout",
     "replies",

@@ -5,6 +5,7 @@ The default weights are SmolLM2-135M-Instruct, shipped as a GGUF file by the `ll
 is shared by every request of the process and used by one request at a time — llama.cpp is not
 re-entrant — and generation runs in a worker thread that streams tokens back to the event loop.
 Local models get tool definitions as text only: small models cannot be trusted with tool calls.
+A JSON `text.format` is enforced while sampling: llama.cpp's grammar from the format's JSON schema.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import importlib.util
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +35,7 @@ from sre.models.base import (
 )
 from sre.models.tokens import PromptCounter, TextTokenizer
 from sre.types.errors import ConfigError, ModelError
+from sre.types.formats import TextFormat
 from sre.types.items import FunctionCall, FunctionCallOutput, Message
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -101,6 +105,29 @@ def to_local_messages(instructions: str | None, items: Sequence[AnyItem]) -> lis
     return messages
 
 
+# llama-cpp-python's converter lets a string hold raw control characters (a newline, say), which
+# JSON forbids; llama.cpp's own converter excludes them, as this rule does.
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+@functools.lru_cache(maxsize=64)
+def _gbnf(schema: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    grammar: str = json_schema_to_gbnf(schema)
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
+def format_grammar(fmt: TextFormat) -> Any:
+    """`text.format` as a llama.cpp grammar (GBNF) that sampling follows: the format's JSON schema
+    (any JSON object for `json_object`) through llama.cpp's JSON-schema-to-grammar converter."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    schema = fmt.schema if fmt.type == "json_schema" else {"type": "object"}
+    return LlamaGrammar.from_string(_gbnf(json.dumps(schema, sort_keys=True)), verbose=False)
+
+
 class LlamaTokenizer:
     def __init__(self, llama: Any) -> None:
         self._llama = llama
@@ -147,6 +174,8 @@ class LocalChatModel(ChatModel):
             kwargs["temperature"] = request.temperature
         if request.top_p is not None:
             kwargs["top_p"] = request.top_p
+        if request.text_format.is_json:
+            kwargs["grammar"] = format_grammar(request.text_format)
 
         def generate() -> None:
             try:

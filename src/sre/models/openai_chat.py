@@ -3,6 +3,7 @@
 One provider serves every endpoint that speaks this format (OpenAI, Azure OpenAI, vLLM, Ollama,
 LM Studio, llama.cpp's server): base URL, key and upstream model name come from configuration.
 It always streams upstream and turns chunks into `ModelEvent`s; it keeps no state between calls.
+A request's `text.format` goes upstream as `response_format` (`json_schema` or `json_object`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sre.models.base import (
 )
 from sre.models.tokens import TextTokenizer, encoding_for, tiktoken_tokenizer
 from sre.models.upstream import HTTPModel, cut_short, malformed, stream_error
+from sre.types.formats import TextFormat
 from sre.types.items import FunctionCall, FunctionCallOutput, InputImage, Message
 
 _FINISH: dict[str, FinishReason] = {
@@ -94,6 +96,16 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
     return choice
 
 
+def _response_format(fmt: TextFormat) -> dict[str, Any]:
+    """`text.format` as Chat Completions' `response_format`."""
+    if fmt.type != "json_schema":
+        return {"type": fmt.type}
+    schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema, "strict": fmt.strict}
+    if fmt.description is not None:
+        schema["description"] = fmt.description
+    return {"type": "json_schema", "json_schema": schema}
+
+
 class OpenAIChatModel(HTTPModel):
     def __init__(self, info: ModelInfo) -> None:
         super().__init__(info)
@@ -123,9 +135,11 @@ class OpenAIChatModel(HTTPModel):
             body["top_p"] = request.top_p
         if request.max_output_tokens is not None:
             body[self.max_tokens_param] = request.max_output_tokens
+        if request.text_format.is_json:
+            body["response_format"] = _response_format(request.text_format)
         return body
 
-    async def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
+    async def events(self, response: httpx.Response, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         finish: FinishReason | None = None
         async for line in response.aiter_lines():
             if not line.startswith("data:"):

@@ -3,7 +3,8 @@
 SRE keeps the conversation, so every call sends the whole input with `store: false` and never a
 `previous_response_id`; the upstream remembers nothing. Our items already are Responses shapes, so
 translation mostly drops what belongs to SRE (item ids, statuses) and what a stateless upstream
-would reject. The answer's server-sent events become `ModelEvent`s; no state is kept between calls.
+would reject. A request's `text.format` goes upstream as is. The answer's server-sent events become
+`ModelEvent`s; no state is kept between calls.
 """
 
 from __future__ import annotations
@@ -133,9 +134,11 @@ class OpenAIResponsesModel(HTTPModel):
             body["top_p"] = request.top_p
         if request.max_output_tokens is not None:
             body["max_output_tokens"] = request.max_output_tokens
+        if request.text_format.is_json:
+            body["text"] = {"format": request.text_format.to_dict()}
         return body
 
-    async def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
+    async def events(self, response: httpx.Response, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         called = False
         async for name, payload in sse_events(response):
             if payload == "[DONE]":

@@ -2,7 +2,10 @@
 
 They exist for tests and benchmarks (see `sre.testing`), answer instantly, and speak through the
 same `ChatModel` protocol as every provider, so the runtime cannot tell the difference. A reply is
-a string, one or more `ScriptedToolCall`s, or an exception to raise.
+a string, one or more `ScriptedToolCall`s, or an exception to raise. Made in a test, they keep
+every request they were sent (`requests`; configured ones keep none), so a test sees what a turn
+asked for, its `text_format` included; a reply scripted as valid or invalid JSON pins down what a
+structured-output turn ends in.
 """
 
 from __future__ import annotations

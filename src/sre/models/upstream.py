@@ -195,8 +195,8 @@ class HTTPModel(ChatModel):
         """The request body in the wire format."""
 
     @abstractmethod
-    def events(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
-        """The answer's stream as `ModelEvent`s."""
+    def events(self, response: httpx.Response, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        """The answer's stream (to `request`) as `ModelEvent`s."""
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         url = f"{self.base_url}{self.endpoint}"
@@ -211,7 +211,7 @@ class HTTPModel(ChatModel):
                 if response.status_code != 200:
                     await response.aread()
                     raise status_error(self.name, response)
-                async for event in self.events(response):
+                async for event in self.events(response, request):
                     yield event
         except httpx.HTTPError as exc:
             raise transport_error(self.name, exc) from None

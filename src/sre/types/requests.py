@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sre.types.errors import InvalidRequest
+from sre.types.formats import TEXT, TextFormat, parse_text_format
 from sre.types.items import validate_metadata
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -62,6 +63,23 @@ class ConversationRef(BaseModel):
     id: Annotated[str, Field(min_length=1, max_length=64)]
 
 
+class TextParam(BaseModel):
+    """`text`: the output's format (checked here, naming the bad field) and OpenAI's verbosity."""
+
+    model_config = _STRICT
+    format: dict[str, Any] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        return None if value is None else parse_text_format(value).to_dict()
+
+    @property
+    def text_format(self) -> TextFormat:
+        return TEXT if self.format is None else parse_text_format(self.format)
+
+
 Metadata = dict[str, str]
 
 
@@ -95,14 +113,18 @@ class CreateResponse(_WithMetadata):
     truncation: Literal["auto", "disabled"] | None = None
     context_management: Annotated[list[ContextManagement], Field(max_length=8)] | None = None
     include: Annotated[list[Includable], Field(max_length=16)] | None = None
+    text: TextParam | None = None  # the output's format: sre.types.formats
     # Accepted for compatibility with OpenAI clients; SRE does not act on them yet.
     user: str | None = None
-    text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     stream_options: dict[str, Any] | None = None
+
+    @property
+    def text_format(self) -> TextFormat:
+        return TEXT if self.text is None else self.text.text_format
 
     @property
     def conversation_id(self) -> str | None:
@@ -124,7 +146,7 @@ class CountInputTokens(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
     parallel_tool_calls: bool | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    text: dict[str, Any] | None = None
+    text: TextParam | None = None
     reasoning: dict[str, Any] | None = None
 
     def as_response_request(self) -> CreateResponse:
@@ -215,6 +237,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
             "ToolChoiceFunction",
             "FunctionToolParam",
             "ContextManagement",
+            "TextParam",
             "list[any]",
             "dict[str,any]",
             "function",
