@@ -259,6 +259,10 @@ async def test_a_service_acting_for_alice_reaches_what_alice_reaches(world: Worl
         assert turn.status_code == 200, turn.text
         assert (await for_alice.get(f"/v1/conversations/{bobs}")).status_code == 404
         assert (await for_alice.get("/v1/agents")).status_code == 403, "the portal's scopes narrow Alice's"
+    _, minting = runtime.store.keys.create_key(world.tenant_id, service.id, "mint", scopes=("keys", "act_as"))
+    async with world.client(minting, **{"X-SRE-On-Behalf-Of": "alice"}) as for_alice:
+        refused = await for_alice.post("/v1/keys", json={"name": "stolen"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "act_as_refused"
     async with world.client("alice") as alice:  # what the portal made for Alice is Alice's
         assert (await alice.get(f"/v1/conversations/{conv}")).status_code == 200
     async with world.client("bob") as bob:

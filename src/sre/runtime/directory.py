@@ -181,7 +181,17 @@ class DirectoryAPI(RuntimeParts):
         )
         return list_object([key_object(k) for k in keys[:limit]], len(keys) > limit)
 
+    @staticmethod
+    def _not_acting(caller: Caller) -> None:
+        if caller.actor_id is not None:
+            raise PermissionDenied(
+                "A service acting for a user cannot make, rotate or revoke that user's keys.",
+                code="act_as_refused",
+            )
+
     async def _own_key(self, caller: Caller, key_id: str, *, change: bool = False) -> ApiKey:
+        if change:
+            self._not_acting(caller)
         key = await asyncio.to_thread(self.store.keys.get_key, caller.tenant_id, key_id)
         allowed = self._manages_all_keys(caller) or (not change and "directory" in rights(caller))
         if key.principal_id != caller.principal_id and not allowed:
@@ -195,6 +205,7 @@ class DirectoryAPI(RuntimeParts):
         """A key for the caller, or (admins) for any principal of the tenant; its secret is in this
         answer and nowhere else."""
         body = _coerce(CreateKey, body)
+        self._not_acting(caller)
         target = await asyncio.to_thread(
             self.store.directory.principal, caller.tenant_id, body.principal or caller.principal_id
         )
