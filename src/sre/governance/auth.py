@@ -16,12 +16,11 @@ from sre.governance.roles import check_scopes
 from sre.governance.sso import SingleSignOn
 from sre.store import Store
 from sre.store.keys import KEY_PREFIX
-from sre.types.directory import MAX_GRACE
+from sre.types.directory import MAX_GRACE, MAX_KEY_LIFETIME
 from sre.types.errors import InvalidRequest, NotFound, Unauthenticated
 from sre.types.records import ApiKey, Caller, Principal
 
 LOCAL_TENANT = "default"
-MAX_KEY_LIFETIME = 10 * 366 * 86400  # ten years
 LOCAL_PRINCIPAL = "local"
 CLI_PRINCIPAL = "cli"
 

@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from sre.governance.roles import check_scopes, rights
-from sre.runtime.base import RuntimeParts, _coerce
+from sre.runtime.base import RuntimeParts, _coerce, _page_args
 from sre.types.directory import (
     AddMember,
     CreateGroup,
@@ -31,18 +31,13 @@ from sre.types.lists import list_object
 from sre.types.records import ANY, ApiKey, Caller
 
 
-def _limit(limit: int) -> None:
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("Invalid value for 'limit': must be between 1 and 100.", param="limit")
-
-
 class DirectoryAPI(RuntimeParts):
     # -- principals ------------------------------------------------------------------------------
 
     async def list_principals(
         self, caller: Caller, *, after: str | None = None, limit: int = 20
     ) -> dict[str, Any]:
-        _limit(limit)
+        _page_args(limit, "asc")
         found, more = await asyncio.to_thread(
             partial(self.store.directory.principals, caller.tenant_id, after=after, limit=limit)
         )
@@ -99,7 +94,7 @@ class DirectoryAPI(RuntimeParts):
     async def list_groups(
         self, caller: Caller, *, after: str | None = None, limit: int = 20
     ) -> dict[str, Any]:
-        _limit(limit)
+        _page_args(limit, "asc")
         found, more = await asyncio.to_thread(
             partial(self.store.directory.groups, caller.tenant_id, after=after, limit=limit)
         )
@@ -164,7 +159,7 @@ class DirectoryAPI(RuntimeParts):
     ) -> dict[str, Any]:
         """The caller's own keys; with the `directory` right, any principal's of the tenant (all of
         them unless `principal` names one). Never a secret."""
-        _limit(limit)
+        _page_args(limit, "asc")
         everyone = "directory" in rights(caller)
         owner: str | None = caller.principal_id
         if principal is not None:
